@@ -1,0 +1,5 @@
+import sys
+
+from compactlm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""The `compactlm` command: one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from compactlm.errors import CompactlmError
+
+
+def _cmd_presets(args) -> None:
+    from compactlm.config import PRESETS
+
+    print(f"{'preset':<16}{'layers':>7}{'d_model':>8}{'heads':>6}{'kv':>4}{'ffn':>6}"
+          f"{'non-emb params':>16}{'total @32k vocab':>18}")
+    for name, cfg in PRESETS.items():
+        print(f"{name:<16}{cfg.n_layer:>7}{cfg.d_model:>8}{cfg.n_head:>6}{cfg.n_kv_head:>4}{cfg.ffn_dim:>6}"
+              f"{cfg.non_embedding_params:>16,}{cfg.num_params:>18,}")
+
+
+def _cmd_generate(args) -> None:
+    import torch
+
+    from compactlm.checkpoint import from_pretrained
+    from compactlm.generate import generate
+    from compactlm.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.checkpoint)
+    if tokenizer is None:
+        raise CompactlmError(f"{args.checkpoint}: no tokenizer.model or tokenizer.json beside the weights")
+    model = from_pretrained(args.checkpoint, device=args.device)
+    prompt = tokenizer.encode(args.prompt, bos=True)
+    generated: list[int] = []
+    printed = ""
+
+    def stream(token: torch.Tensor) -> None:
+        # Decode the whole continuation each time: SentencePiece spaces and multi-byte characters
+        # only come out right in context.
+        nonlocal printed
+        generated.append(int(token[0]))
+        text = tokenizer.decode(generated)
+        if not text.endswith("\ufffd"):  # wait for the rest of a split UTF-8 character
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+
+    sys.stdout.write(args.prompt)
+    generate(model, torch.tensor([prompt]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+             top_p=args.top_p, eos_id=tokenizer.eos_id, seed=args.seed, on_token=stream)
+    sys.stdout.write(tokenizer.decode(generated)[len(printed):] + "\n")
+
+
+def _cmd_convert(args) -> None:
+    from compactlm.checkpoint import from_pretrained, save_checkpoint
+    from compactlm.convert import hf, litgpt
+    from compactlm.tokenizer import load_tokenizer
+
+    if args.direction == "to-hf":
+        model, tokenizer = from_pretrained(args.checkpoint), load_tokenizer(args.checkpoint)
+        hf.save_hf(model, args.out, tokenizer)
+    elif args.direction == "from-hf":
+        model, tokenizer = from_pretrained(args.src), load_tokenizer(args.src)
+        save_checkpoint(model, args.out, tokenizer)
+    else:
+        model = litgpt.load_litgpt(args.checkpoint, args.config)
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        save_checkpoint(model, args.out, tokenizer)
+    print(f"wrote {args.out} ({model.num_params():,} parameters"
+          f"{', no tokenizer' if tokenizer is None else ', tokenizer ' + tokenizer.path.name})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compactlm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("presets", help="list the model presets").set_defaults(func=_cmd_presets)
+
+    gen = sub.add_parser("generate", help="stream a continuation of a prompt")
+    gen.add_argument("--checkpoint", required=True, help="compactlm or Hugging Face checkpoint directory")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=100)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
+    gen.set_defaults(func=_cmd_generate)
+
+    conv = sub.add_parser("convert", help="convert checkpoints to and from Hugging Face and lit-gpt formats")
+    conv_sub = conv.add_subparsers(dest="direction", required=True)
+    to_hf = conv_sub.add_parser("to-hf", help="compactlm checkpoint -> transformers LlamaForCausalLM directory")
+    to_hf.add_argument("--checkpoint", required=True)
+    to_hf.add_argument("--out", required=True)
+    from_hf = conv_sub.add_parser("from-hf", help="transformers Llama directory -> compactlm checkpoint")
+    from_hf.add_argument("--src", required=True)
+    from_hf.add_argument("--out", required=True)
+    from_lit = conv_sub.add_parser("from-litgpt", help="lit-gpt / TinyLlama .pth checkpoint -> compactlm checkpoint")
+    from_lit.add_argument("--checkpoint", required=True, help="lit_model.pth or TinyLlama iter-*.pth")
+    from_lit.add_argument("--config", default="tinyllama-1.1b",
+                          help="lit_config.json / model_config.yaml, or a preset name (default tinyllama-1.1b)")
+    from_lit.add_argument("--tokenizer", default=None, help="tokenizer.model or tokenizer.json to carry along")
+    from_lit.add_argument("--out", required=True)
+    conv.set_defaults(func=_cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CompactlmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

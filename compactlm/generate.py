@@ -1,0 +1,88 @@
+"""Autoregressive generation with the KV cache: greedy, temperature, top-k and top-p sampling.
+
+One prefill pass over the prompt fills the cache; every later step feeds one token per sequence
+and computes the head for that position only. Prompts of different lengths are left-padded and
+described by an attention mask, as in transformers (positions count real tokens only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from compactlm.errors import CompactlmError
+from compactlm.model import Transformer
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits [B, V] -> next token ids [B]; temperature 0 is greedy (argmax)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p; the first always stays.
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(model: Transformer, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, attention_mask: torch.Tensor | None = None,
+             eos_id: int | None = None, seed: int | None = None,
+             on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """input_ids [B, T] -> [B, T + N] with N = max_new_tokens.
+
+    attention_mask [B, T]: 1 for real tokens, 0 for left padding. With eos_id, a sequence that
+    produced it is continued with eos_id, and generation stops early once every sequence has (the
+    result is then shorter). on_token receives each step's new tokens [B] (for streaming).
+    """
+    B, T = input_ids.shape
+    total = T + max_new_tokens
+    if total > model.config.max_seq_len:
+        raise CompactlmError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the model's context "
+                             f"of {model.config.max_seq_len} tokens")
+    device = model.embed.weight.device
+    input_ids = input_ids.to(device)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+
+    position_ids = None
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(device)
+        if bool(attention_mask.all()):
+            attention_mask = None  # no padding: the cheaper unmasked path
+        else:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    cache = model.new_cache(B, total)
+    logits = model(input_ids, cache=cache, attention_mask=attention_mask, position_ids=position_ids, last_only=True)
+    out = torch.empty(B, total, dtype=input_ids.dtype, device=device)
+    out[:, :T] = input_ids
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    length = T
+    for step in range(max_new_tokens):
+        token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            token = token.masked_fill(finished, eos_id)
+            finished |= token == eos_id
+        out[:, length] = token
+        length += 1
+        if on_token is not None:
+            on_token(token)
+        if step == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
+            break
+        if position_ids is not None:
+            position_ids = position_ids[:, -1:] + 1
+        logits = model(token[:, None], cache=cache, position_ids=position_ids, last_only=True)
+    return out[:, :length]

@@ -1,0 +1,133 @@
+"""The tokenizer that travels with a checkpoint: SentencePiece `tokenizer.model` or HF `tokenizer.json`.
+
+Both kinds expose the same small surface (encode, decode, bos/eos ids, vocabulary size, a content
+hash that data shards and checkpoints record so that mismatches are caught), and both can be written
+next to a model in a form `transformers.AutoTokenizer` loads offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from compactlm.errors import CheckpointError
+
+SPM_FILE = "tokenizer.model"
+HF_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
+# Names that byte-level BPE vocabularies commonly give their document separators.
+_BOS_NAMES = ("<s>", "<bos>", "<|begin_of_text|>", "<|endoftext|>")
+_EOS_NAMES = ("</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>")
+
+
+class Tokenizer:
+    def __init__(self, path: str | Path, bos_id: int | None = None, eos_id: int | None = None):
+        self.path = Path(path)
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot read tokenizer ({exc.strerror})") from None
+        self.hash = hashlib.sha256(data).hexdigest()
+        self.kind = "sentencepiece" if self.path.name.endswith(".model") else "hf"
+        try:
+            if self.kind == "sentencepiece":
+                import sentencepiece as spm
+
+                self._sp = spm.SentencePieceProcessor(model_proto=data)
+                self.vocab_size = self._sp.get_piece_size()
+                default_bos, default_eos = self._sp.bos_id(), self._sp.eos_id()
+            else:
+                from tokenizers import Tokenizer as HFTokenizer
+
+                self._hf = HFTokenizer.from_str(data.decode("utf-8"))
+                self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+                default_bos, default_eos = self._find_special(_BOS_NAMES), self._find_special(_EOS_NAMES)
+        except Exception as exc:  # both libraries raise bare RuntimeError/Exception on corrupt files
+            raise CheckpointError(f"{self.path}: not a valid {self.kind} tokenizer ({exc})") from None
+        self.bos_id = bos_id if bos_id is not None else _none_if_negative(default_bos)
+        self.eos_id = eos_id if eos_id is not None else _none_if_negative(default_eos)
+
+    # ---- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> "Tokenizer | None":
+        """The tokenizer stored in a checkpoint directory, or None if it has none.
+
+        The SentencePiece model wins when both files exist: it is the original, and a converted
+        tokenizer.json can tokenise some strings differently.
+        """
+        directory = Path(directory)
+        bos, eos = _special_ids_from_config(directory)
+        for name in (SPM_FILE, HF_FILE):
+            if (directory / name).is_file():
+                return cls(directory / name, bos_id=bos, eos_id=eos)
+        return None
+
+    def _find_special(self, names) -> int | None:
+        for name in names:
+            token_id = self._hf.token_to_id(name)
+            if token_id is not None:
+                return token_id
+        return None
+
+    # ---- use -------------------------------------------------------------------------------
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = self._sp.encode(text) if self.kind == "sentencepiece" else self._hf.encode(text, add_special_tokens=False).ids
+        if bos and self.bos_id is not None:
+            ids = [self.bos_id, *ids]
+        if eos and self.eos_id is not None:
+            ids = [*ids, self.eos_id]
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        if self.kind == "sentencepiece":
+            return self._sp.decode(list(ids))
+        return self._hf.decode(list(ids), skip_special_tokens=False)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(token_id) if self.kind == "sentencepiece" else self._hf.id_to_token(token_id)
+
+    # ---- saving ----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Copy the tokenizer file and write a tokenizer_config.json that transformers understands."""
+        directory = Path(directory)
+        target = directory / (SPM_FILE if self.kind == "sentencepiece" else HF_FILE)
+        if target.resolve() != self.path.resolve():
+            shutil.copyfile(self.path, target)
+        (directory / CONFIG_FILE).write_text(json.dumps(self._hf_config(), indent=2) + "\n")
+
+    def _hf_config(self) -> dict:
+        def piece(token_id):
+            return None if token_id is None else self.id_to_piece(token_id)
+
+        config = {"bos_token": piece(self.bos_id), "eos_token": piece(self.eos_id), "add_bos_token": False,
+                  "add_eos_token": False, "model_max_length": 1_000_000_000, "clean_up_tokenization_spaces": False}
+        if self.kind == "sentencepiece":
+            config.update(tokenizer_class="LlamaTokenizer", unk_token=piece(self._sp.unk_id()), legacy=False,
+                          add_bos_token=True)
+        else:
+            config.update(tokenizer_class="PreTrainedTokenizerFast")
+        return config
+
+
+def _none_if_negative(token_id: int | None) -> int | None:
+    return None if token_id is None or token_id < 0 else token_id
+
+
+def _special_ids_from_config(directory: Path) -> tuple[int | None, int | None]:
+    """bos/eos ids recorded in config.json (compactlm and HF both write them), if any."""
+    config = directory / "config.json"
+    if not config.is_file():
+        return None, None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None, None
+    return data.get("bos_id", data.get("bos_token_id")), data.get("eos_id", data.get("eos_token_id"))
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer | None:
+    """A tokenizer from a checkpoint directory or a tokenizer file."""
+    path = Path(path)
+    return Tokenizer.from_dir(path) if path.is_dir() else Tokenizer(path)

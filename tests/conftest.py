@@ -1,0 +1,85 @@
+import os
+
+import pytest
+import torch
+
+# Tests never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from compactlm.config import ModelConfig  # noqa: E402
+from compactlm.convert import hf  # noqa: E402
+
+
+def random_config(**overrides) -> ModelConfig:
+    base = dict(n_layer=2, d_model=64, n_head=4, n_kv_head=2, ffn_dim=176, vocab_size=101, max_seq_len=64)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def hf_model_for(config: ModelConfig, seed: int = 0):
+    """A transformers LlamaForCausalLM of this config with random weights (norms included)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**hf.config_to_hf(config), attn_implementation="eager"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)  # non-trivial norm weights, so a mis-mapped norm shows up
+            else:
+                p.normal_(0.0, 0.05)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_config():
+    return random_config()
+
+
+def _training_text() -> str:
+    """Real English and code from the running interpreter's standard library, no download."""
+    import inspect
+    import json
+    import textwrap
+
+    docs = [textwrap.dedent(obj.__doc__ or "") for obj in (json, json.dumps, json.loads, inspect, inspect.getsource)]
+    return "\n".join(docs) + "\n" + inspect.getsource(json.decoder)
+
+
+@pytest.fixture(scope="session")
+def sample_text() -> str:
+    return _training_text()
+
+
+@pytest.fixture(scope="session")
+def spm_tokenizer_file(tmp_path_factory, sample_text):
+    """A small Llama-style SentencePiece BPE model (byte fallback, <unk>=0 <s>=1 </s>=2)."""
+    import sentencepiece as spm
+
+    directory = tmp_path_factory.mktemp("spm")
+    corpus = directory / "corpus.txt"
+    corpus.write_text(sample_text)
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(directory / "tokenizer"), vocab_size=400, model_type="bpe",
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0,
+        add_dummy_prefix=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        split_digits=True, minloglevel=2)
+    return directory / "tokenizer.model"
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer_file(tmp_path_factory, sample_text):
+    """A small byte-level BPE tokenizer.json with <|endoftext|> as its document separator."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=350, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([sample_text], trainer)
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    tok.save(str(path))
+    return path
