@@ -70,9 +70,17 @@ def _cmd_convert(args) -> None:
           f"{', no tokenizer' if tokenizer is None else ', tokenizer ' + tokenizer.path.name})")
 
 
+def _cmd_demo(args) -> None:
+    from compactlm.demo import run_demo
+
+    run_demo()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compactlm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("demo", help="the main job on the CPU, on built-in defaults").set_defaults(func=_cmd_demo)
 
     sub.add_parser("presets", help="list the model presets").set_defaults(func=_cmd_presets)
 

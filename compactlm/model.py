@@ -61,8 +61,8 @@ class RotaryEmbedding(nn.Module):
         self.sin.copy_(angles.sin())
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B|1, T] -> cos, sin [B|1, 1, T, head_dim], ready to broadcast over heads."""
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        """positions [B|1, T] -> cos, sin [B|1, T, 1, head_dim], ready to broadcast over heads."""
+        return self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -102,12 +102,11 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, is_causal: bool, cache: KVCache | None, layer: int):
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        heads = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
+        # Rotate queries and keys in one go: they sit side by side in the fused projection.
+        qk = apply_rope(heads[:, :, :self.n_head + self.n_kv_head], cos, sin)
+        q, k = qk.transpose(1, 2).split([self.n_head, self.n_kv_head], dim=1)
+        v = heads[:, :, self.n_head + self.n_kv_head:].transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         # enable_gqa lets SDPA broadcast each KV head over its query group without copying K/V.
@@ -227,7 +226,7 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         max_len = max_len or self.config.max_seq_len
-        w = self.lm_head.weight
+        w = self.embed.weight
         return KVCache(self.config, batch_size, max_len, w.device, w.dtype)
 
     def num_params(self) -> int:
