@@ -165,7 +165,12 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def load_torch_weights(path: Path) -> dict:
     """A pickled PyTorch file, restricted to tensors and plain containers (no code is run)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad or unsafe files

@@ -175,12 +175,12 @@ class Transformer(nn.Module):
         position_ids [B, T]: defaults to start, start+1, ...; left-padded batches pass their own.
         attention_mask [B, T]: 1 for real tokens, 0 for padding (remembered in the cache).
         """
-        B, T = idx.shape
+        T = idx.shape[1]
         start = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(start, start + T, device=idx.device)[None]
         cos, sin = self.rope(position_ids)
-        key_valid = self._key_valid(attention_mask, cache, B, start)
+        key_valid = self._key_valid(attention_mask, cache, start)
         mask, is_causal = self._attention_mask(T, start, key_valid, idx.device)
 
         x = self.embed(idx)
@@ -193,18 +193,15 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))
 
     @staticmethod
-    def _key_valid(attention_mask, cache, B, start):
-        """Validity of every key position seen so far, or None when there is no padding at all."""
-        if attention_mask is None and (cache is None or cache.key_valid is None):
-            return None
-        current = (attention_mask.bool() if attention_mask is not None
-                   else torch.ones(B, 0, dtype=torch.bool))
+    def _key_valid(attention_mask, cache, start):
+        """Validity [B, S] of every key position seen so far, or None when nothing was ever padded."""
         if cache is None:
-            return current
-        if cache.key_valid is None:
-            cache.key_valid = torch.ones(B, cache.max_len, dtype=torch.bool, device=current.device)
+            return None if attention_mask is None else attention_mask.bool()
         if attention_mask is not None:
-            cache.key_valid[:, start:start + current.shape[1]] = current
+            if cache.key_valid is None:
+                cache.key_valid = torch.ones(attention_mask.shape[0], cache.max_len, dtype=torch.bool,
+                                             device=attention_mask.device)
+            cache.key_valid[:, start:start + attention_mask.shape[1]] = attention_mask.bool()
         return cache.key_valid
 
     @staticmethod

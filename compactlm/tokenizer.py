@@ -124,7 +124,8 @@ def _special_ids_from_config(directory: Path) -> tuple[int | None, int | None]:
         data = json.loads(config.read_text())
     except (OSError, ValueError):
         return None, None
-    return data.get("bos_id", data.get("bos_token_id")), data.get("eos_id", data.get("eos_token_id"))
+    bos, eos = data.get("bos_id", data.get("bos_token_id")), data.get("eos_id", data.get("eos_token_id"))
+    return (bos[0] if isinstance(bos, list) else bos), (eos[0] if isinstance(eos, list) else eos)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer | None:
