@@ -52,7 +52,8 @@ def model_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
 
 def load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """Load `state` into `model` (possibly on the meta device), refusing any mismatch with one message."""
-    expected = {k: tuple(v.shape) for k, v in model_state_dict(model).items()}
+    current = model_state_dict(model)
+    expected = {k: tuple(v.shape) for k, v in current.items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshaped = sorted(f"{k} (file {list(state[k].shape)}, model {list(expected[k])})"
@@ -61,7 +62,7 @@ def load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str
                 (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", misshaped)) if items]
     if problems:
         raise CheckpointError(f"{source}: does not match the model config; " + "; ".join(problems))
-    dtype = next(iter(model_state_dict(model).values())).dtype
+    dtype = next(iter(current.values())).dtype
     state = {k: v.to(dtype) for k, v in state.items()}
     if model.config.tie_embeddings:
         state["lm_head.weight"] = state["embed.weight"]
