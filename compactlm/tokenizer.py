@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 from compactlm.errors import CheckpointError
@@ -23,14 +22,26 @@ _EOS_NAMES = ("</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>")
 
 
 class Tokenizer:
+    """A tokenizer from `tokenizer.model` (SentencePiece), `tokenizer.json` (HF) or a `.gguf` file.
+
+    A GGUF file's `tokenizer.ggml.*` fields are rebuilt into a SentencePiece model, so any Llama-family
+    GGUF release brings its tokenizer. `hash` is the SHA-256 of the tokenizer's serialised model.
+    """
+
     def __init__(self, path: str | Path, bos_id: int | None = None, eos_id: int | None = None):
         self.path = Path(path)
-        try:
-            data = self.path.read_bytes()
-        except OSError as exc:
-            raise CheckpointError(f"{self.path}: cannot read tokenizer ({exc.strerror})") from None
+        if self.path.suffix == ".gguf":
+            from compactlm.gguf import sentencepiece_model_from_gguf
+
+            data, self.kind = sentencepiece_model_from_gguf(self.path), "sentencepiece"
+        else:
+            try:
+                data = self.path.read_bytes()
+            except OSError as exc:
+                raise CheckpointError(f"{self.path}: cannot read tokenizer ({exc.strerror})") from None
+            self.kind = "sentencepiece" if self.path.name.endswith(".model") else "hf"
+        self._data = data
         self.hash = hashlib.sha256(data).hexdigest()
-        self.kind = "sentencepiece" if self.path.name.endswith(".model") else "hf"
         try:
             if self.kind == "sentencepiece":
                 import sentencepiece as spm
@@ -80,6 +91,12 @@ class Tokenizer:
             ids = [*ids, self.eos_id]
         return ids
 
+    def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
+        """Token ids of many texts, no special tokens (data preparation adds EOS itself)."""
+        if self.kind == "sentencepiece":
+            return self._sp.encode(texts, num_threads=num_threads)
+        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids: list[int]) -> str:
         if self.kind == "sentencepiece":
             return self._sp.decode(list(ids))
@@ -92,9 +109,7 @@ class Tokenizer:
     def save(self, directory: str | Path) -> None:
         """Copy the tokenizer file and write a tokenizer_config.json that transformers understands."""
         directory = Path(directory)
-        target = directory / (SPM_FILE if self.kind == "sentencepiece" else HF_FILE)
-        if target.resolve() != self.path.resolve():
-            shutil.copyfile(self.path, target)
+        (directory / (SPM_FILE if self.kind == "sentencepiece" else HF_FILE)).write_bytes(self._data)
         (directory / CONFIG_FILE).write_text(json.dumps(self._hf_config(), indent=2) + "\n")
 
     def _hf_config(self) -> dict:
@@ -132,3 +147,25 @@ def load_tokenizer(path: str | Path) -> Tokenizer | None:
     """A tokenizer from a checkpoint directory or a tokenizer file."""
     path = Path(path)
     return Tokenizer.from_dir(path) if path.is_dir() else Tokenizer(path)
+
+
+def train_bpe(texts, vocab_size: int, out_path: str | Path) -> Tokenizer:
+    """Train a byte-level BPE (GPT-2 style pre-tokenisation) with HF tokenizers and save tokenizer.json.
+
+    Ids 0, 1, 2 are <unk>, <s>, </s> as in Llama's vocabulary, so bos=1 and eos=2 either way.
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    tok.save(str(tmp))
+    tmp.replace(out_path)
+    return Tokenizer(out_path)

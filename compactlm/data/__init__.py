@@ -1,0 +1,1 @@
+"""Data stage: raw corpora -> filtered, tokenised, packed shards -> a weighted, resumable mixture."""
