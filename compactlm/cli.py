@@ -70,6 +70,16 @@ def _cmd_convert(args) -> None:
           f"{', no tokenizer' if tokenizer is None else ', tokenizer ' + tokenizer.path.name})")
 
 
+def _cmd_prepare(args) -> None:
+    from compactlm.data.prepare import load_prepare_config, prepare
+
+    config = load_prepare_config(args.config, args.overrides)
+    for name, manifest in prepare(config, progress=not args.no_progress).items():
+        skipped = sum(n for s in manifest["sources"] for n in s["skipped"].values())
+        print(f"{name}: {manifest['documents']:,} documents, {manifest['tokens']:,} tokens in "
+              f"{len(manifest['shards'])} shards ({skipped:,} rows skipped) -> {config.output_dir}/{name}")
+
+
 def _cmd_demo(args) -> None:
     from compactlm.demo import run_demo
 
@@ -83,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="the main job on the CPU, on built-in defaults").set_defaults(func=_cmd_demo)
 
     sub.add_parser("presets", help="list the model presets").set_defaults(func=_cmd_presets)
+
+    prep = sub.add_parser("prepare", help="tokenise raw corpora into packed token shards",
+                          description="Tokenise raw corpora into packed token shards. Any config key can be "
+                          "overridden as KEY=VALUE, nested keys with dots: workers=4 tokenizer.path=tok.model")
+    prep.add_argument("config", help="prepare config (YAML)")
+    prep.add_argument("overrides", nargs="*", help="KEY=VALUE overrides (values parsed as YAML)")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prep.set_defaults(func=_cmd_prepare)
 
     gen = sub.add_parser("generate", help="stream a continuation of a prompt")
     gen.add_argument("--checkpoint", required=True, help="compactlm or Hugging Face checkpoint directory")
@@ -114,7 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may come after options too, where argparse leaves them unparsed.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except CompactlmError as exc:

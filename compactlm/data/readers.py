@@ -17,7 +17,6 @@ Layouts:
 from __future__ import annotations
 
 import gzip
-import io
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -93,7 +92,7 @@ def read_batches(path: Path, source: SourceConfig, batch_bytes: int = 1 << 22) -
         elif name.endswith(".txt"):
             yield from _txt_batches(path, source.txt_separator, batch_bytes)
         else:
-            yield from _line_batches(_open_binary(path), batch_bytes)
+            yield from _line_batches(_byte_chunks(path), batch_bytes)
     except DataError:
         raise
     except Exception as exc:  # zstandard, gzip and pyarrow each raise their own exception types
@@ -111,28 +110,53 @@ def _describe(exc: Exception, path: Path) -> str:
     return text
 
 
-def _open_binary(path: Path):
+def _byte_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """The file's decompressed bytes, in chunks."""
     if path.name.endswith(".zst"):
-        import zstandard
-
-        raw = open(path, "rb")
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+        yield from _zstd_chunks(path)
+        return
+    with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as f:
+        while chunk := f.read(size):
+            yield chunk
 
 
-def _line_batches(stream, batch_bytes: int) -> Iterator[list[bytes]]:
-    with stream, io.BufferedReader(stream, buffer_size=1 << 20) as reader:
-        batch, size = [], 0
-        for line in reader:
+def _zstd_chunks(path: Path, size: int = 8192) -> Iterator[bytes]:
+    """Decompressed bytes of a .zst file, frame after frame; a file ending inside a frame is an error.
+
+    Compressed input goes in small pieces because python-zstandard's decompressobj returns all the
+    output of its input at once: 8 KB of text compressed ~5x yields ~40 KB per piece.
+    """
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    dobj, in_frame = dctx.decompressobj(), False
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            while chunk:  # a file may hold several frames back to back
+                in_frame = True
+                yield dobj.decompress(chunk)
+                chunk = b""
+                if dobj.eof:
+                    chunk, dobj, in_frame = dobj.unused_data, dctx.decompressobj(), False
+    if in_frame:
+        raise DataError(f"{path}: corrupt or truncated zstd stream (the file ends inside a frame)")
+
+
+def _line_batches(chunks: Iterator[bytes], batch_bytes: int) -> Iterator[list[bytes]]:
+    batch, size, pending = [], 0, b""
+    for chunk in chunks:
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
             batch.append(line)
-            size += len(line)
+            size += len(line) + 1
             if size >= batch_bytes:
                 yield batch
                 batch, size = [], 0
-        if batch:
-            yield batch
+    if pending:
+        batch.append(pending)
+    if batch:
+        yield batch
 
 
 def _parquet_batches(path: Path, column: str, batch_bytes: int) -> Iterator[list]:
