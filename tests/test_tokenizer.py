@@ -49,3 +49,14 @@ def test_corrupt_tokenizer_file_is_one_clear_error(tmp_path):
     bad_json.write_text("{")
     with pytest.raises(CheckpointError, match=r"tokenizer.json: not a valid hf tokenizer"):
         Tokenizer(bad_json)
+
+
+def test_train_bpe_gives_llama_special_ids(tmp_path, sample_text):
+    from compactlm.tokenizer import train_bpe
+
+    tok = train_bpe(sample_text.split("\n\n"), 500, tmp_path / "tok" / "tokenizer.json")
+    assert (tok.kind, tok.vocab_size, tok.bos_id, tok.eos_id) == ("hf", 500, 1, 2)
+    assert tok.id_to_piece(0) == "<unk>"
+    for text in TEXTS:
+        assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode(sample_text)) < len(sample_text.encode()) / 2  # it learned merges
