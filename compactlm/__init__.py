@@ -1,12 +1,25 @@
-"""compactlm: pretrain compact Llama-architecture language models the TinyLlama way."""
+"""compactlm: pretrain compact Llama-architecture language models the TinyLlama way.
 
-from compactlm.checkpoint import build_model, from_pretrained, save_checkpoint
-from compactlm.config import PRESETS, ModelConfig, get_preset
-from compactlm.errors import CompactlmError
-from compactlm.generate import generate
-from compactlm.model import Transformer
-from compactlm.tokenizer import Tokenizer, load_tokenizer
+The public names below are imported on first use, so that light entry points (data preparation
+workers, the CLI's --help) do not pay for importing torch.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["PRESETS", "CompactlmError", "ModelConfig", "Tokenizer", "Transformer", "build_model",
-           "from_pretrained", "generate", "get_preset", "load_tokenizer", "save_checkpoint"]
+
+_EXPORTS = {
+    "build_model": "compactlm.checkpoint", "from_pretrained": "compactlm.checkpoint",
+    "save_checkpoint": "compactlm.checkpoint", "PRESETS": "compactlm.config", "ModelConfig": "compactlm.config",
+    "get_preset": "compactlm.config", "CompactlmError": "compactlm.errors", "Transformer": "compactlm.model",
+    "Tokenizer": "compactlm.tokenizer", "load_tokenizer": "compactlm.tokenizer",
+}
+__all__ = [*_EXPORTS, "generate"]
+
+
+def __getattr__(name: str):
+    if name == "generate":  # the function, not the module of the same name
+        return importlib.import_module("compactlm.generate").generate
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'compactlm' has no attribute {name!r}")

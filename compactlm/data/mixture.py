@@ -21,6 +21,7 @@ start + r, start + r + world, ..., so the samples consumed after each optimizer 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -95,12 +96,17 @@ def _mix(x: np.ndarray, key: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+@functools.lru_cache(maxsize=1024)
+def _round_keys(key: int, rounds: int) -> tuple[int, ...]:
+    return tuple(int.from_bytes(hashlib.sha256(f"{key}:{r}".encode()).digest()[:8], "little") for r in range(rounds))
+
+
 def permute(index: np.ndarray, n: int, key: int, rounds: int = 4) -> np.ndarray:
     """A bijection of [0, n) evaluated at `index`: a Feistel network on the next power of 4, cycle-walked."""
     half_bits = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
     low = np.uint64((1 << half_bits) - 1)
     shift = np.uint64(half_bits)
-    keys = [int.from_bytes(hashlib.sha256(f"{key}:{r}".encode()).digest()[:8], "little") for r in range(rounds)]
+    keys = _round_keys(key, rounds)
 
     def feistel(x):
         left, right = x >> shift, x & low
@@ -117,6 +123,7 @@ def permute(index: np.ndarray, n: int, key: int, rounds: int = 4) -> np.ndarray:
     return out.astype(np.int64)
 
 
+@functools.lru_cache(maxsize=1024)
 def _seed_key(*parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
 
