@@ -80,6 +80,12 @@ def _cmd_prepare(args) -> None:
               f"{len(manifest['shards'])} shards ({skipped:,} rows skipped) -> {config.output_dir}/{name}")
 
 
+def _cmd_train(args) -> None:
+    from compactlm.train import load_train_config, train
+
+    train(load_train_config(args.config, args.overrides), resume=args.resume)
+
+
 def _cmd_demo(args) -> None:
     from compactlm.demo import run_demo
 
@@ -101,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("overrides", nargs="*", help="KEY=VALUE overrides (values parsed as YAML)")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=_cmd_prepare)
+
+    tr = sub.add_parser("train", help="pretrain a model on prepared data",
+                        description="Pretrain a model. Any config key can be overridden as KEY=VALUE after the "
+                        "config file, nested keys with dots, values parsed as YAML: train.max_steps=200 "
+                        "optim.lr=3e-4 model.preset=tinyllama-4m 'data.datasets=[{path: d, weight: 1}]'")
+    tr.add_argument("config", help="train config (YAML), e.g. configs/demo.yaml")
+    tr.add_argument("overrides", nargs="*", help="KEY=VALUE overrides")
+    tr.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of run_dir")
+    tr.set_defaults(func=_cmd_train)
 
     gen = sub.add_parser("generate", help="stream a continuation of a prompt")
     gen.add_argument("--checkpoint", required=True, help="compactlm or Hugging Face checkpoint directory")

@@ -1,0 +1,481 @@
+"""`compactlm train CONFIG.yaml`: the TinyLlama recipe, top to bottom: setup -> fit -> validate -> save.
+
+- The learning rate is a function of the *optimizer* step (linear warm-up, cosine to min_lr), never
+  of the micro-batch (TinyLlama's issue 172).
+- Gradients are accumulated over micro-batches, clipped by global norm (the norm is logged), and a
+  step whose loss is not finite is skipped and counted; `max_nonfinite` in a row stop the run with a
+  checkpoint and a message.
+- Checkpoints (every N steps, at the end, and on SIGTERM/SIGINT) are directories written atomically:
+  the model as `compactlm.from_pretrained` reads it, plus `train_state.pt` (optimizer, step, RNG,
+  the data loader's next sample index), loaded with `weights_only=True`. The data stream is a pure
+  function of the sample index, so `--resume` is exact and immediate: training 2N steps straight or
+  N, kill, resume gives bit-identical losses and weights on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from compactlm.checkpoint import atomic_directory, build_model, config_with_tokenizer_ids, cpu_state, load_weights
+from compactlm.config import ModelConfig, get_preset
+from compactlm.configuration import load_config, to_dict
+from compactlm.data.mixture import Mixture, MixtureSource, batches
+from compactlm.errors import CompactlmError
+from compactlm.model import Transformer
+from compactlm.tokenizer import Tokenizer
+
+STATE_FILE = "train_state.pt"
+CONFIG_COPY = "train_config.yaml"
+
+
+class TrainingError(CompactlmError):
+    pass
+
+
+# ---- config --------------------------------------------------------------------------------------
+@dataclass
+class ModelSection:
+    """A preset, optionally with some of its fields changed; vocabulary and context come from the data."""
+
+    preset: str = "tinyllama-1m"
+    n_layer: int | None = None
+    d_model: int | None = None
+    n_head: int | None = None
+    n_kv_head: int | None = None
+    ffn_dim: int | None = None
+    rope_base: float | None = None
+    tie_embeddings: bool | None = None
+
+    def build_config(self, vocab_size: int, seq_len: int, tokenizer: Tokenizer) -> ModelConfig:
+        changes = {k: v for k, v in dataclasses.asdict(self).items() if k != "preset" and v is not None}
+        preset = get_preset(self.preset)
+        if "d_model" in changes and "n_head" not in changes:
+            changes["n_head"] = changes["d_model"] // preset.head_dim
+        if "d_model" in changes or "n_head" in changes:
+            changes.setdefault("head_dim", 0)  # re-derived from d_model / n_head
+        return get_preset(self.preset, vocab_size=vocab_size, max_seq_len=seq_len, bos_id=tokenizer.bos_id,
+                          eos_id=tokenizer.eos_id, **changes)
+
+
+@dataclass
+class DataSection:
+    datasets: list[MixtureSource] = field(default_factory=list)  # prepared directories with weights
+    tokenizer: str = ""  # default: the tokenizer recorded in the first dataset's manifest
+    seq_len: int = 2048
+    seed: int = 1234
+    val_fraction: float = 0.005
+    num_workers: int = 0
+
+
+@dataclass
+class OptimSection:
+    lr: float = 4e-4
+    min_lr: float = 4e-5
+    warmup_steps: int = 2000
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+
+
+@dataclass
+class TrainSection:
+    micro_batch: int = 8  # sequences per forward/backward
+    global_batch: int = 1024  # sequences per optimizer step (accumulation = global / (micro x ranks))
+    max_steps: int = 0  # optimizer steps; 0: derived from max_tokens
+    max_tokens: int = 0
+    lr_decay_steps: int = 0  # length of warm-up + cosine; 0: max_steps
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU), bf16, fp32
+    compile: bool = False
+    max_nonfinite: int = 5  # consecutive non-finite steps that stop the run
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "out/run"
+    seed: int = 1234  # model initialisation
+    device: str = "auto"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    eval_every: int = 500
+    eval_samples: int = 64
+    log_every: int = 10
+    tensorboard: bool = True
+    peak_flops: float = 0.0  # per device, for MFU; 0: look the GPU up in PEAK_FLOPS (CPU: no MFU)
+
+
+def load_train_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides)
+
+
+# ---- schedule, optimizer, precision --------------------------------------------------------------
+def lr_at(step: int, optim: OptimSection, decay_steps: int) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine to min_lr."""
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if step >= decay_steps:
+        return optim.min_lr
+    progress = (step - optim.warmup_steps) / max(1, decay_steps - optim.warmup_steps)
+    return optim.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (optim.lr - optim.min_lr)
+
+
+def param_groups(model: Transformer, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (projections, embedding, head); none on RMSNorm gains.
+
+    Decaying a norm's gain pulls it towards 0 instead of its neutral 1, which only hurts (nanoGPT,
+    OLMo and Llama-recipe reproductions exclude them). TinyLlama's lit-gpt decayed every parameter;
+    set `optim.weight_decay` accordingly if you want to reproduce that exactly.
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: Transformer, optim: OptimSection, device: torch.device) -> torch.optim.Optimizer:
+    kwargs = dict(lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    try:  # fused kernels on CUDA, and on the CPU in recent PyTorch
+        return torch.optim.AdamW(param_groups(model, optim.weight_decay), fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(param_groups(model, optim.weight_decay), **kwargs)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision in ("bf16", "auto"):
+        return torch.bfloat16
+    raise TrainingError(f"train.precision {precision!r}: choose auto, bf16 or fp32")
+
+
+# Dense bf16 tensor-core peak per GPU (no sparsity), by a substring of torch.cuda.get_device_name().
+PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12),
+              ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12), ("A6000", 155e12), ("V100", 125e12)]
+
+
+def device_peak_flops(device: torch.device, configured: float) -> float | None:
+    if configured > 0:
+        return configured
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_FLOPS if key in name), None)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---- loss ---------------------------------------------------------------------------------------
+def lm_loss(model: Transformer, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of a [B, T + 1] batch (inputs [:, :-1], targets [:, 1:])."""
+    logits = model(batch[:, :-1])
+    return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary directories start with a dot)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if re.fullmatch(r"step-\d{8}", p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+# ---- the trainer ---------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False, console=print):
+        self.config, self.console = config, console
+        self.run_dir = Path(config.run_dir)
+        self.device = resolve_device(config.device)
+        self.amp_dtype = autocast_dtype(config.train.precision, self.device)
+        self.rank, self.world_size = 0, 1
+        self._stop_signal: int | None = None
+        self._setup_data()
+        self._setup_model()
+        self.step, self.tokens_seen, self.nonfinite_total, self.nonfinite_run = 0, 0, 0, 0
+        if resume:
+            self._resume()
+        self._write_resolved_config()
+
+    # ---- setup ----------------------------------------------------------------------------------
+    def _setup_data(self) -> None:
+        data = self.config.data
+        if not data.datasets:
+            raise TrainingError("data.datasets is empty: list prepared dataset directories with weights")
+        tokenizer_path = data.tokenizer or self._manifest_tokenizer(Path(data.datasets[0].path))
+        self.tokenizer = Tokenizer(tokenizer_path)
+        self.mixture = Mixture(data.datasets, data.seq_len, data.seed, data.val_fraction,
+                               tokenizer_hash=self.tokenizer.hash)
+        train = self.config.train
+        per_step = train.micro_batch * self.world_size
+        if train.global_batch % per_step:
+            raise TrainingError(f"train.global_batch {train.global_batch} is not a multiple of micro_batch x ranks "
+                                f"({per_step})")
+        self.accumulation = train.global_batch // per_step
+        tokens_per_step = train.global_batch * data.seq_len
+        self.max_steps = train.max_steps or math.ceil(train.max_tokens / tokens_per_step)
+        if self.max_steps <= 0:
+            raise TrainingError("set train.max_steps or train.max_tokens")
+        self.decay_steps = train.lr_decay_steps or self.max_steps
+
+    @staticmethod
+    def _manifest_tokenizer(directory: Path) -> str:
+        manifest = directory / "manifest.json"
+        if not manifest.is_file():
+            raise TrainingError(f"{directory}: no manifest.json; set data.tokenizer for lit-gpt data")
+        return json.loads(manifest.read_text())["tokenizer"]["path"]
+
+    def _setup_model(self) -> None:
+        self.model_config = self.config.model.build_config(self.tokenizer.vocab_size, self.config.data.seq_len,
+                                                           self.tokenizer)
+        torch.manual_seed(self.config.seed)
+        self.model = build_model(self.model_config, device=self.device)
+        self.optimizer = make_optimizer(self.model, self.config.optim, self.device)
+        self.forward_model = torch.compile(self.model) if self.config.train.compile else self.model
+        self.peak_flops = device_peak_flops(self.device, self.config.peak_flops)
+        self.flops_per_token = self.model_config.flops_per_token(self.config.data.seq_len)
+
+    def _write_resolved_config(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+
+    # ---- resume ---------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        found = checkpoint_dirs(self.run_dir)
+        if not found:
+            self.console(f"no checkpoint in {self.run_dir / 'checkpoints'}: starting from scratch")
+            return
+        path = found[-1]
+        saved = ModelConfig.from_dict({k: v for k, v in json.loads((path / "config.json").read_text()).items()
+                                       if k not in ("format", "format_version")}, str(path / "config.json"))
+        if saved != self.model_config:
+            diff = [f"{f}: {getattr(saved, f)} -> {getattr(self.model_config, f)}"
+                    for f in saved.to_dict() if getattr(saved, f) != getattr(self.model_config, f)]
+            raise TrainingError(f"{path}: checkpoint model config differs from this run's ({'; '.join(diff)})")
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        next_index = self.mixture.check_state(state["data"], str(path / STATE_FILE))
+        from compactlm.checkpoint import load_safetensors
+
+        load_weights(self.model, load_safetensors(path / "model.safetensors"), path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.nonfinite_total, self.nonfinite_run = state["nonfinite_total"], state["nonfinite_run"]
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        expected = self.step * self.config.train.global_batch
+        if next_index != expected:
+            raise TrainingError(f"{path}: data index {next_index} does not match step {self.step}")
+        self._truncate_metrics(self.step)
+        self.console(f"resumed from {path} (step {self.step}, {self.tokens_seen:,} tokens seen)")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines of steps after the checkpoint: they will be recomputed, identically."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def save_checkpoint(self) -> Path:
+        path = self.run_dir / "checkpoints" / f"step-{self.step:08d}"
+        with atomic_directory(path) as tmp:
+            from safetensors.torch import save_file
+
+            save_file(cpu_state(self.model), tmp / "model.safetensors", metadata={"format": "pt"})
+            config_with_tokenizer_ids(self.model_config, self.tokenizer).save(tmp / "config.json")
+            self.tokenizer.save(tmp)
+            state = {"step": self.step, "tokens_seen": self.tokens_seen, "optimizer": self.optimizer.state_dict(),
+                     "data": self.mixture.state(self.step * self.config.train.global_batch),
+                     "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
+                     "rng_cpu": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+            torch.save(state, tmp / STATE_FILE)
+            (tmp / CONFIG_COPY).write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        for old in checkpoint_dirs(self.run_dir)[:-self.config.keep_checkpoints or None]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    # ---- fit ------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, train = self.config, self.config.train
+        self.console(self._banner())
+        loader = iter(batches(self.mixture, train.micro_batch, start=self.step * train.global_batch,
+                              rank=self.rank, world_size=self.world_size, num_workers=cfg.data.num_workers))
+        metrics = _MetricsWriter(self.run_dir, cfg.tensorboard, purge_step=self.step + 1)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        first_step, started, last = self.step, time.perf_counter(), {}
+        try:
+            while self.step < self.max_steps:
+                step_start = time.perf_counter()
+                lr = lr_at(self.step, cfg.optim, self.decay_steps)
+                loss, grad_norm = self._optimizer_step(loader, lr)
+                self.step += 1
+                step_tokens = train.global_batch * cfg.data.seq_len
+                self.tokens_seen += step_tokens
+                record = self._step_record(loss, lr, grad_norm, step_tokens / (time.perf_counter() - step_start))
+                metrics.write(record)
+                last = record
+                if self.step % cfg.log_every == 0 or self.step == self.max_steps:
+                    elapsed = time.perf_counter() - started
+                    self.console(self._step_line(record, elapsed / (self.step - first_step)))
+                if self.step % cfg.eval_every == 0 or self.step == self.max_steps:
+                    last = {**last, **self._log_validation(metrics)}
+                if self.step % cfg.checkpoint_every == 0 and self.step != self.max_steps:
+                    self.save_checkpoint()
+                if self._stop_signal is not None:
+                    path = self.save_checkpoint()
+                    raise TrainingError(f"stopped by signal {self._stop_signal} at step {self.step}; "
+                                        f"checkpoint {path}; continue with --resume")
+            self.save_checkpoint()
+        finally:
+            metrics.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return last
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum  # finish the step in flight, checkpoint, stop
+
+    def _optimizer_step(self, loader, lr: float) -> tuple[float, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.accumulation):
+            batch = next(loader).to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss = lm_loss(self.forward_model, batch)
+            (loss / self.accumulation).backward()
+            total += loss.detach()
+        loss_value = (total / self.accumulation).item()
+        clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
+        if math.isfinite(loss_value) and math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.nonfinite_run = 0
+        else:
+            self.nonfinite_total += 1
+            self.nonfinite_run += 1
+            self.console(f"step {self.step + 1}: non-finite loss or gradient ({loss_value}, {grad_norm}); "
+                         f"step skipped ({self.nonfinite_run} in a row)")
+            if self.nonfinite_run >= self.config.train.max_nonfinite:
+                self.optimizer.zero_grad(set_to_none=True)
+                path = self.save_checkpoint()
+                raise TrainingError(f"{self.nonfinite_run} non-finite steps in a row at step {self.step + 1}; "
+                                    f"stopped with checkpoint {path}. Lower optim.lr or check the data.")
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, grad_norm
+
+    # ---- validate -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        samples = torch.from_numpy(self.mixture.val_samples(self.config.eval_samples))
+        if not len(samples):
+            return {}
+        self.model.eval()
+        losses = []
+        for chunk in samples.split(self.config.train.micro_batch):
+            chunk = chunk.to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                losses.append(lm_loss(self.model, chunk).item() * len(chunk))
+        self.model.train()
+        loss = sum(losses) / len(samples)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
+                "val_bpb": loss / math.log(2) / self._val_bytes_per_token(samples)}
+
+    def _val_bytes_per_token(self, samples: torch.Tensor) -> float:
+        if not hasattr(self, "_bytes_per_token"):
+            targets = samples[:, 1:]
+            n_bytes = sum(len(self.tokenizer.decode(row.tolist()).encode("utf-8")) for row in targets)
+            self._bytes_per_token = n_bytes / targets.numel()
+        return self._bytes_per_token
+
+    # ---- logging --------------------------------------------------------------------------------
+    def _banner(self) -> str:
+        cfg = self.config
+        precision = "bf16 autocast" if self.amp_dtype is not None else "float32"
+        return (f"model {self.model_config.name}: {self.model.num_params():,} parameters "
+                f"({self.model_config.non_embedding_params:,} non-embedding), vocab {self.tokenizer.vocab_size}; "
+                f"{self.device}, {precision}; batch {cfg.train.global_batch} x {cfg.data.seq_len} tokens "
+                f"({cfg.train.micro_batch} x {self.accumulation} accumulation); steps {self.step} -> {self.max_steps}")
+
+    def _step_record(self, loss, lr, grad_norm, tokens_per_s) -> dict:
+        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": self.tokens_seen,
+                  "tokens_per_s": tokens_per_s}
+        if self.peak_flops:
+            record["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world_size)
+        return record
+
+    def _step_line(self, record: dict, seconds_per_step: float) -> str:
+        mfu = f" | MFU {record['mfu']:.1%}" if "mfu" in record else ""
+        eta = _duration(seconds_per_step * (self.max_steps - self.step))
+        return (f"step {self.step:>6}/{self.max_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+                f"grad {record['grad_norm']:.2f} | {record['tokens_per_s']:,.0f} tok/s{mfu} | ETA {eta}")
+
+    def _log_validation(self, metrics) -> dict:
+        result = self.validate()
+        if result:
+            metrics.write({"step": self.step, "tokens": self.tokens_seen, **result})
+            self.console(f"validation at step {self.step}: loss {result['val_loss']:.4f} | "
+                         f"ppl {result['val_ppl']:.2f} | {result['val_bpb']:.3f} bits/byte")
+        return result
+
+
+class _MetricsWriter:
+    """metrics.jsonl (a line per step, validation lines apart) and TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, purge_step: int):
+        self.file = open(run_dir / "metrics.jsonl", "a")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+            except ImportError:
+                self.tb = None
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and value is not None:
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train(config: TrainConfig, resume: bool = False, console=print) -> dict:
+    """Train from a config; returns the last logged metrics."""
+    return Trainer(config, resume=resume, console=console).fit()
