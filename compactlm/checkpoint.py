@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from compactlm.model import Transformer
 from compactlm.tokenizer import Tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
+_TEST_DELAY = float(os.environ.get("COMPACTLM_TEST_CHECKPOINT_DELAY", "0"))
 CONFIG_FILE = "config.json"
 
 
@@ -112,6 +114,8 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
+        if _TEST_DELAY:
+            time.sleep(_TEST_DELAY)  # widens the window in which tests kill a checkpoint write
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

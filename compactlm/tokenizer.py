@@ -125,7 +125,9 @@ class Tokenizer:
                   "add_eos_token": False, "model_max_length": 1_000_000_000, "clean_up_tokenization_spaces": False}
         if self.kind == "sentencepiece":
             # Not "LlamaTokenizer": transformers 5 rebuilds that one's pipeline in code and ignores ours.
-            config.update(tokenizer_class="PreTrainedTokenizerFast", unk_token=piece(self._sp.unk_id()))
+            # split_special_tokens: a literal "<s>" in text is text, as in SentencePiece.
+            config.update(tokenizer_class="PreTrainedTokenizerFast", unk_token=piece(self._sp.unk_id()),
+                          split_special_tokens=True)
         else:
             config.update(tokenizer_class="PreTrainedTokenizerFast")
         return config

@@ -263,6 +263,8 @@ class Trainer:
 
     # ---- resume ---------------------------------------------------------------------------------
     def _resume(self) -> None:
+        for leftover in (self.run_dir / "checkpoints").glob(".step-*"):  # a write killed before its rename
+            shutil.rmtree(leftover, ignore_errors=True)
         found = checkpoint_dirs(self.run_dir)
         if not found:
             self.console(f"no checkpoint in {self.run_dir / 'checkpoints'}: starting from scratch")

@@ -92,3 +92,38 @@ def raw_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw")
     expected = build_raw_corpus(root)
     return root, expected
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(raw_corpus, tmp_path_factory):
+    """The raw corpus prepared with a 512-token BPE: (natural language dir, code dir)."""
+    from compactlm.configuration import load_config
+    from compactlm.data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    raw = raw_corpus[0]
+    config = load_config(PrepareConfig, data={
+        "output_dir": str(root), "tokenizer": {"path": str(root / "tokenizer.json"), "train_vocab_size": 512},
+        "datasets": {"nl": {"sources": [{"kind": "slimpajama", "path": str(raw / "slimpajama")}]},
+                     "code": {"sources": [{"kind": "starcoder", "path": str(raw / "starcoderdata")}]}},
+        "workers": 1})
+    prepare(config, progress=False)
+    return root / "nl", root / "code"
+
+
+def tiny_train_config(tiny_dataset, run_dir, **overrides):
+    """A 2-layer model on the tiny dataset: 40 steps of 8 x 32 tokens in a few seconds."""
+    from compactlm.configuration import apply_overrides
+    from compactlm.train import TrainConfig
+    from compactlm.configuration import from_dict
+
+    data = {"run_dir": str(run_dir), "device": "cpu", "tensorboard": False,
+            "model": {"preset": "tinyllama-1m", "n_layer": 2, "d_model": 64, "n_head": 2, "ffn_dim": 176},
+            "data": {"datasets": [{"path": str(tiny_dataset[0]), "weight": 0.7},
+                                  {"path": str(tiny_dataset[1]), "weight": 0.3}],
+                     "seq_len": 32, "seed": 7, "val_fraction": 0.05},
+            "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 5},
+            "train": {"micro_batch": 4, "global_batch": 8, "max_steps": 40},
+            "checkpoint_every": 5, "keep_checkpoints": 2, "eval_every": 20, "eval_samples": 16, "log_every": 10}
+    data = apply_overrides(data, [f"{k}={v}" for k, v in overrides.items()])
+    return from_dict(TrainConfig, data, "test")

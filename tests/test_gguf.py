@@ -73,7 +73,7 @@ def test_exported_llama2_tokenizer_tokenises_identically_in_transformers(tmp_pat
     tok.save(tmp_path)
     hf = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
     inputs = LLAMA_VOCAB.with_suffix(".gguf.inp").read_text().split("\n__ggml_vocab_test__\n")[:-1]
-    for text in inputs + ["def f(x):\n\treturn x  # done", "TinyLlama  1.1B"]:
+    for text in inputs + ["def f(x):\n\treturn x  # done", "TinyLlama  1.1B", "a<s>b</s>", "   indented"]:
         ids = tok.encode(text)
         assert hf(text, add_special_tokens=False)["input_ids"] == ids, repr(text)
         assert hf.decode(ids) == tok.decode(ids)

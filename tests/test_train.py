@@ -1,0 +1,210 @@
+"""The trainer: schedule, accumulation, exact resume after SIGKILL, refusals, non-finite losses, export."""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import compactlm
+from compactlm.cli import main
+from compactlm.data.readers import DataError
+from compactlm.train import OptimSection, Trainer, TrainingError, checkpoint_dirs, lr_at, train
+from tests.conftest import tiny_train_config
+
+
+def quiet(*args):
+    pass
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if "loss" in r}
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_file(checkpoint_dirs(run_dir)[-1] / "model.safetensors")
+
+
+def test_learning_rate_schedule_per_optimizer_step():
+    optim = OptimSection(lr=4e-4, min_lr=4e-5, warmup_steps=2000)
+    assert lr_at(0, optim, 100_000) == pytest.approx(4e-4 / 2000)
+    assert lr_at(999, optim, 100_000) == pytest.approx(4e-4 * 1000 / 2000)
+    assert lr_at(1999, optim, 100_000) == pytest.approx(4e-4)
+    assert lr_at(2000, optim, 100_000) == pytest.approx(4e-4)
+    assert lr_at(51_000, optim, 100_000) == pytest.approx((4e-4 + 4e-5) / 2)
+    assert lr_at(100_000, optim, 100_000) == pytest.approx(4e-5)
+    assert lr_at(150_000, optim, 100_000) == pytest.approx(4e-5)
+
+
+def test_learning_rate_changes_once_per_optimizer_step_not_per_micro_batch(tiny_dataset, tmp_path):
+    config = tiny_train_config(tiny_dataset, tmp_path / "run", **{"train.micro_batch": 2, "train.max_steps": 8})
+    train(config, console=quiet)
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "lr" in r]
+    assert [r["step"] for r in steps] == list(range(1, 9))
+    assert [r["lr"] for r in steps] == pytest.approx([lr_at(s, config.optim, 8) for s in range(8)])
+    assert steps[-1]["tokens"] == 8 * 8 * 32
+
+
+def test_gradient_accumulation_is_equivalent_to_a_big_batch(tiny_dataset, tmp_path):
+    """Micro-batch 2 x 4 accumulation and 8 x 1 give the same loss and the same gradient to apply.
+
+    Gradients are compared rather than Adam's update: Adam divides by |g|, so for coordinates whose
+    gradient is ~0 a rounding difference flips the update's sign, whatever the accumulation.
+    """
+    seen = {}
+    for micro in (2, 8):
+        config = tiny_train_config(tiny_dataset, tmp_path / f"m{micro}",
+                                   **{"train.micro_batch": micro, "train.max_steps": 1})
+        trainer = Trainer(config, console=quiet)
+        grads = {}
+
+        def capture(*args, _trainer=trainer, _grads=grads, **kwargs):
+            _grads.update({n: p.grad.clone() for n, p in _trainer.model.named_parameters()})
+
+        trainer.optimizer.step = capture
+        seen[micro] = (trainer.fit()["loss"], grads)
+        assert trainer.accumulation == 8 // micro
+    assert seen[2][0] == pytest.approx(seen[8][0], rel=1e-6)
+    for name, grad in seen[8][1].items():
+        torch.testing.assert_close(seen[2][1][name], grad, rtol=1e-4, atol=1e-7)
+
+
+def run_cli(args, env_extra=None, **kwargs):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "compactlm", *args], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def write_config(config, path: Path) -> Path:
+    from compactlm.configuration import to_dict
+
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight") / "run"
+    train(tiny_train_config(tiny_dataset, run), console=quiet)
+    return run
+
+
+@pytest.mark.parametrize("kill_during", ["training", "checkpoint-write"])
+def test_sigkill_and_resume_is_bit_identical(tiny_dataset, tmp_path, straight_run, kill_during):
+    config = write_config(tiny_train_config(tiny_dataset, tmp_path / "run"), tmp_path / "train.yaml")
+    rng = random.Random(kill_during)
+    env = {"COMPACTLM_TEST_CHECKPOINT_DELAY": "0.5"} if kill_during == "checkpoint-write" else {}
+    proc = run_cli(["train", str(config)], env)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    target = rng.randint(7, 30)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if kill_during == "training" and metrics.is_file() and len(metrics.read_text().splitlines()) >= target:
+            break
+        if kill_during == "checkpoint-write" and list((tmp_path / "run" / "checkpoints").glob(".step-*.tmp-*")) \
+                if (tmp_path / "run" / "checkpoints").is_dir() else False:
+            if len(checkpoint_dirs(tmp_path / "run")) >= 1:
+                break
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.stdout.read().decode()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(losses(tmp_path / "run"))
+    assert killed_at < 40
+    resumed = run_cli(["train", str(config), "--resume"])
+    output = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, output
+    assert "resumed from" in output
+    assert losses(tmp_path / "run") == losses(straight_run)  # every step, bit for bit
+    ours, reference = final_weights(tmp_path / "run"), final_weights(straight_run)
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*"))  # no half-written leftovers
+
+
+def test_sigterm_checkpoints_and_stops_with_a_message(tiny_dataset, tmp_path):
+    config = write_config(tiny_train_config(tiny_dataset, tmp_path / "run", **{"train.max_steps": 100000,
+                                                                                "checkpoint_every": 100000}),
+                          tmp_path / "train.yaml")
+    proc = run_cli(["train", str(config)])
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 1
+    assert "stopped by signal 15" in output and "continue with --resume" in output
+    (checkpoint,) = checkpoint_dirs(tmp_path / "run")
+    assert compactlm.from_pretrained(checkpoint).config.n_layer == 2
+
+
+def test_resume_refuses_another_model_or_data(tiny_dataset, tmp_path):
+    train(tiny_train_config(tiny_dataset, tmp_path / "run", **{"train.max_steps": 5}), console=quiet)
+    with pytest.raises(TrainingError, match=r"step-00000005: checkpoint model config differs .*n_layer: 2 -> 3"):
+        Trainer(tiny_train_config(tiny_dataset, tmp_path / "run", **{"model.n_layer": 3}), resume=True, console=quiet)
+    with pytest.raises(DataError, match=r"train_state\.pt: data seed differs"):
+        Trainer(tiny_train_config(tiny_dataset, tmp_path / "run", **{"data.seed": 8}), resume=True, console=quiet)
+    with pytest.raises(TrainingError, match=r"model config differs .*max_seq_len: 32 -> 16"):
+        Trainer(tiny_train_config(tiny_dataset, tmp_path / "run", **{"data.seq_len": 16}), resume=True, console=quiet)
+    with pytest.raises(DataError, match=r"train_state\.pt: mixture weights differ"):
+        Trainer(tiny_train_config(tiny_dataset, tmp_path / "run", **{"data.datasets": "[{path: %s, weight: 1}, "
+                                                                    "{path: %s, weight: 1}]" % tiny_dataset}),
+                resume=True, console=quiet)
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_dataset, tmp_path, monkeypatch):
+    import compactlm.train as train_module
+
+    real_loss, calls = train_module.lm_loss, {"n": 0}
+
+    def flaky_loss(model, batch):
+        calls["n"] += 1
+        loss = real_loss(model, batch)
+        step = (calls["n"] - 1) // 2 + 1  # two micro-batches per step
+        return loss * float("nan") if step == 3 or step >= 6 else loss
+
+    monkeypatch.setattr(train_module, "lm_loss", flaky_loss)
+    config = tiny_train_config(tiny_dataset, tmp_path / "run", **{"train.max_nonfinite": 3})
+    trainer = Trainer(config, console=quiet)
+    with pytest.raises(TrainingError, match=r"3 non-finite steps in a row at step 8; stopped with checkpoint"):
+        trainer.fit()
+    assert trainer.nonfinite_total == 4 and trainer.step == 7
+    (checkpoint,) = checkpoint_dirs(tmp_path / "run")[-1:]
+    state = torch.load(checkpoint / "train_state.pt", weights_only=True)
+    assert state["nonfinite_total"] == 4
+    weights = load_file(checkpoint / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_trainer_checkpoint_converts_to_hf_and_matches_transformers(tiny_dataset, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    train(tiny_train_config(tiny_dataset, tmp_path / "run", **{"train.max_steps": 5}), console=quiet)
+    checkpoint = checkpoint_dirs(tmp_path / "run")[-1]
+    assert main(["convert", "to-hf", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "hf")]) == 0
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    model = compactlm.from_pretrained(checkpoint)
+    tokenizer = compactlm.load_tokenizer(checkpoint)
+    ids = torch.tensor([tokenizer.encode("def parse(text):\n    return text.split()")])
+    with torch.no_grad():
+        assert (reference(ids).logits - model(ids)).abs().max().item() <= 1e-5
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    assert hf_tok("Hello world", add_special_tokens=False)["input_ids"] == tokenizer.encode("Hello world")
+
+
+def test_validation_reports_loss_perplexity_and_bits_per_byte(tiny_dataset, tmp_path):
+    last = train(tiny_train_config(tiny_dataset, tmp_path / "run", **{"train.max_steps": 20}), console=quiet)
+    assert last["val_ppl"] == pytest.approx(math.exp(last["val_loss"]))
+    assert 0 < last["val_bpb"] < last["val_loss"] / math.log(2)  # more than one byte per token
+    assert (tmp_path / "run" / "config.yaml").is_file()
