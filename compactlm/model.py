@@ -175,6 +175,12 @@ class Transformer(nn.Module):
         position_ids [B, T]: defaults to start, start+1, ...; left-padded batches pass their own.
         attention_mask [B, T]: 1 for real tokens, 0 for padding (remembered in the cache).
         """
+        x = self.hidden_states(idx, cache=cache, position_ids=position_ids, attention_mask=attention_mask)
+        return self.lm_head(x[:, -1:] if last_only else x)
+
+    def hidden_states(self, idx: torch.Tensor, *, cache: KVCache | None = None,
+                      position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None):
+        """The final-norm output [B, T, d_model] that the head turns into logits (see forward)."""
         T = idx.shape[1]
         start = cache.length if cache is not None else 0
         if position_ids is None:
@@ -188,9 +194,7 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask, is_causal, cache, i)
         if cache is not None:
             cache.length += T
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.norm(x))
+        return self.norm(x)
 
     @staticmethod
     def _key_valid(attention_mask, cache, start):

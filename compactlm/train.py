@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 
 from compactlm.checkpoint import atomic_directory, build_model, config_with_tokenizer_ids, cpu_state, load_weights
@@ -34,6 +33,7 @@ from compactlm.config import ModelConfig, get_preset
 from compactlm.configuration import load_config, to_dict
 from compactlm.data.mixture import Mixture, MixtureSource, batches
 from compactlm.errors import CompactlmError
+from compactlm.kernels import linear_cross_entropy
 from compactlm.model import Transformer
 from compactlm.tokenizer import Tokenizer
 
@@ -99,7 +99,7 @@ class TrainSection:
     max_steps: int = 0  # optimizer steps; 0: derived from max_tokens
     max_tokens: int = 0
     lr_decay_steps: int = 0  # length of warm-up + cosine; 0: max_steps
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU), bf16, fp32
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with native bf16), bf16, fp32
     compile: bool = False
     max_nonfinite: int = 5  # consecutive non-finite steps that stop the run
 
@@ -159,11 +159,26 @@ def make_optimizer(model: Transformer, optim: OptimSection, device: torch.device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+    """bf16 autocast (float32 master weights) or None for plain float32.
+
+    "auto" picks bf16 on CUDA, and on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), where
+    it is faster than float32; elsewhere a CPU would emulate bf16, slower than float32.
+    """
+    if precision not in ("auto", "bf16", "fp32"):
+        raise TrainingError(f"train.precision {precision!r}: choose auto, bf16 or fp32")
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu" and not cpu_has_native_bf16()):
         return None
-    if precision in ("bf16", "auto"):
-        return torch.bfloat16
-    raise TrainingError(f"train.precision {precision!r}: choose auto, bf16 or fp32")
+    if precision == "auto" and device.type not in ("cuda", "cpu"):
+        return None
+    return torch.bfloat16
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 # Dense bf16 tensor-core peak per GPU (no sparsity), by a substring of torch.cuda.get_device_name().
@@ -188,9 +203,15 @@ def resolve_device(name: str) -> torch.device:
 
 # ---- loss ---------------------------------------------------------------------------------------
 def lm_loss(model: Transformer, batch: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of a [B, T + 1] batch (inputs [:, :-1], targets [:, 1:])."""
-    logits = model(batch[:, :-1])
-    return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+    """Mean next-token cross-entropy of a [B, T + 1] batch (inputs [:, :-1], targets [:, 1:]).
+
+    The head and the loss run fused over chunks of tokens (compactlm.kernels), never holding float32
+    logits for the whole batch.
+    """
+    hidden = model.hidden_states(batch[:, :-1])
+    # CPU: 256-row chunks keep each chunk's logits in cache; GPU: fewer, larger chunks, fewer launches.
+    chunk = 256 if hidden.device.type == "cpu" else 4096
+    return linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, batch[:, 1:].flatten(), chunk)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------

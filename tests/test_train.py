@@ -208,3 +208,13 @@ def test_validation_reports_loss_perplexity_and_bits_per_byte(tiny_dataset, tmp_
     assert last["val_ppl"] == pytest.approx(math.exp(last["val_loss"]))
     assert 0 < last["val_bpb"] < last["val_loss"] / math.log(2)  # more than one byte per token
     assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_bf16_autocast_trains_with_float32_master_weights(tiny_dataset, tmp_path):
+    config = tiny_train_config(tiny_dataset, tmp_path / "run", **{"train.precision": "bf16", "train.max_steps": 30})
+    trainer = Trainer(config, console=quiet)
+    last = trainer.fit()
+    first = losses(tmp_path / "run")[1]
+    assert trainer.amp_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert last["loss"] < first - 0.5
