@@ -11,6 +11,28 @@ from __future__ import annotations
 
 import torch
 
+KERNEL_MODES = ("auto", "eager", "compile")
+
+
+def apply_kernels(model, mode: str, device: torch.device) -> list[str]:
+    """Switch on the fast paths for `mode`; returns what is in use, for the start-up report.
+
+    auto: on CUDA, `torch.compile` each transformer block (fuses RMSNorm, RoPE, SwiGLU and the
+    residual adds into a few kernels; attention stays on SDPA's flash backend); elsewhere eager.
+    compile: compile blocks on any device. eager: plain PyTorch everywhere (the reference path).
+    The fused linear + cross-entropy of the head is used in every mode but eager.
+    """
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"kernels {mode!r}: choose one of {', '.join(KERNEL_MODES)}")
+    used = ["sdpa attention"]
+    if mode == "eager":
+        return used + ["plain cross-entropy"]
+    if mode == "compile" or (mode == "auto" and device.type == "cuda"):
+        for block in model.layers:
+            block.compile(dynamic=False)  # in place: parameter names, hence checkpoints, stay the same
+        used.append("torch.compile per block")
+    return used + ["fused linear+cross-entropy"]
+
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     device = hidden.device.type

@@ -19,6 +19,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from compactlm.config import ModelConfig
@@ -150,6 +151,7 @@ class Transformer(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_base)
+        self.checkpoint_every = 0  # activation checkpointing: recompute every k-th block in backward (0: off)
         if self.embed.weight.device.type != "meta":
             self.init_weights()
 
@@ -191,7 +193,11 @@ class Transformer(nn.Module):
 
         x = self.embed(idx)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, is_causal, cache, i)
+            if self.checkpoint_every and self.training and i % self.checkpoint_every == 0:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, is_causal, cache, i,
+                                                      use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, is_causal, cache, i)
         if cache is not None:
             cache.length += T
         return self.norm(x)

@@ -33,7 +33,7 @@ from compactlm.config import ModelConfig, get_preset
 from compactlm.configuration import load_config, to_dict
 from compactlm.data.mixture import Mixture, MixtureSource, batches
 from compactlm.errors import CompactlmError
-from compactlm.kernels import linear_cross_entropy
+from compactlm.kernels import apply_kernels, linear_cross_entropy
 from compactlm.model import Transformer
 from compactlm.tokenizer import Tokenizer
 
@@ -100,7 +100,8 @@ class TrainSection:
     max_tokens: int = 0
     lr_decay_steps: int = 0  # length of warm-up + cosine; 0: max_steps
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with native bf16), bf16, fp32
-    compile: bool = False
+    kernels: str = "auto"  # auto | eager | compile (compactlm.kernels.apply_kernels)
+    activation_checkpointing: int = 0  # recompute every k-th block's activations in backward (0: off)
     max_nonfinite: int = 5  # consecutive non-finite steps that stop the run
 
 
@@ -202,12 +203,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 # ---- loss ---------------------------------------------------------------------------------------
-def lm_loss(model: Transformer, batch: torch.Tensor) -> torch.Tensor:
+def lm_loss(model: Transformer, batch: torch.Tensor, fused: bool = True) -> torch.Tensor:
     """Mean next-token cross-entropy of a [B, T + 1] batch (inputs [:, :-1], targets [:, 1:]).
 
     The head and the loss run fused over chunks of tokens (compactlm.kernels), never holding float32
     logits for the whole batch.
     """
+    if not fused:  # the reference path: full logits, then cross-entropy
+        logits = model(batch[:, :-1])
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
     hidden = model.hidden_states(batch[:, :-1])
     # CPU: 256-row chunks keep each chunk's logits in cache; GPU: fewer, larger chunks, fewer launches.
     chunk = 256 if hidden.device.type == "cpu" else 4096
@@ -274,7 +278,9 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         self.model = build_model(self.model_config, device=self.device)
         self.optimizer = make_optimizer(self.model, self.config.optim, self.device)
-        self.forward_model = torch.compile(self.model) if self.config.train.compile else self.model
+        self.model.checkpoint_every = self.config.train.activation_checkpointing
+        self.kernels = apply_kernels(self.model, self.config.train.kernels, self.device)
+        self.fused_loss = self.config.train.kernels != "eager"
         self.peak_flops = device_peak_flops(self.device, self.config.peak_flops)
         self.flops_per_token = self.model_config.flops_per_token(self.config.data.seq_len)
 
@@ -389,7 +395,7 @@ class Trainer:
         for _ in range(self.accumulation):
             batch = next(loader).to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                loss = lm_loss(self.forward_model, batch)
+                loss = lm_loss(self.model, batch, self.fused_loss)
             (loss / self.accumulation).backward()
             total += loss.detach()
         loss_value = (total / self.accumulation).item()
@@ -422,7 +428,7 @@ class Trainer:
         for chunk in samples.split(self.config.train.micro_batch):
             chunk = chunk.to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                losses.append(lm_loss(self.model, chunk).item() * len(chunk))
+                losses.append(lm_loss(self.model, chunk, self.fused_loss).item() * len(chunk))
         self.model.train()
         loss = sum(losses) / len(samples)
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
@@ -441,7 +447,7 @@ class Trainer:
         precision = "bf16 autocast" if self.amp_dtype is not None else "float32"
         return (f"model {self.model_config.name}: {self.model.num_params():,} parameters "
                 f"({self.model_config.non_embedding_params:,} non-embedding), vocab {self.tokenizer.vocab_size}; "
-                f"{self.device}, {precision}; batch {cfg.train.global_batch} x {cfg.data.seq_len} tokens "
+                f"{self.device}, {precision}, kernels: {', '.join(self.kernels)}; batch {cfg.train.global_batch} x {cfg.data.seq_len} tokens "
                 f"({cfg.train.micro_batch} x {self.accumulation} accumulation); steps {self.step} -> {self.max_steps}")
 
     def _step_record(self, loss, lr, grad_norm, tokens_per_s) -> dict:
