@@ -154,12 +154,15 @@ def main() -> None:
         model.load_state_dict(state_dict_to_hf(state, config))
         return hf_step(model, torch.optim.AdamW(model.parameters(), lr=4e-4, betas=(0.9, 0.95), fused=True), data)
 
-    def build_ours(kernels, fused, checkpoint_every=0):
+    def build_ours(kernels, fused, checkpoint_every=0, whole_model=False):
         def build(state):
             model = compactlm.build_model(config, device=device)
             model.load_state_dict(state)
             model.checkpoint_every = checkpoint_every
-            apply_kernels(model, kernels, device)
+            if whole_model:
+                model.compile(dynamic=False)
+            else:
+                apply_kernels(model, kernels, device)
             return compactlm_step(model, make_optimizer(model, OptimSection(), device), data, fused)
         return build
 
@@ -169,6 +172,7 @@ def main() -> None:
         ("compactlm + fused linear-CE", build_ours("eager", fused=True)),
         ("compactlm + fused linear-CE + compile/block", build_ours("compile", fused=True)),
         ("compactlm auto + activation ckpt (all)", build_ours("compile", fused=True, checkpoint_every=1)),
+        ("compactlm whole-model compile, plain CE", build_ours("eager", fused=False, whole_model=True)),
     ]
     results = []
     for name_, build in contenders:

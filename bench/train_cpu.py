@@ -208,14 +208,15 @@ def categorize(prof, wall: float) -> dict:
             in_opt.add(id(e))
         elif name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear") or "gemm" in name:
             cats["head_matmul" if _shapes_have(e, VOCAB) else "other_matmul"] += self_s
-        elif any(k in name for k in ("log_softmax", "nll_loss", "cross_entropy")):
-            cats["cross_entropy"] += self_s
+        elif name in ("aten::_to_copy", "aten::copy_", "aten::to") and _shapes_have(e, VOCAB):
+            cats["dtype_copies"] += self_s
+        elif any(k in name for k in ("log_softmax", "nll_loss", "cross_entropy")) or (
+                name.startswith("aten::") and _shapes_have(e, VOCAB) and "embedding" not in name):
+            cats["cross_entropy"] += self_s  # incl. a fused/chunked CE's elementwise ops on [*, 32000]
         elif "scaled_dot_product" in name or "flash_attention" in name:
             cats["attention"] += self_s
         elif "embedding" in name:
             cats["embedding"] += self_s
-        elif name in ("aten::_to_copy", "aten::copy_", "aten::to") and _shapes_have(e, VOCAB):
-            cats["dtype_copies"] += self_s
         else:
             cats["rest"] += self_s
     cats["total_self"] = sum(cats.values())
@@ -230,7 +231,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--cases", default="bf16,default", help="comma list of bf16, default")
+    ap.add_argument("--cases", default="bf16,default", help="comma list of bf16, default, fp32 (float32 for all)")
     ap.add_argument("--litgpt", action="store_true", help=f"also litgpt's GPT (from {LITGPT_SITE})")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     ap.add_argument("--seed", type=int, default=0)
@@ -289,6 +290,8 @@ def main(argv=None) -> dict:
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
         if case == "bf16":
             amps = {"compactlm": torch.bfloat16, "transformers": torch.bfloat16, "litgpt": torch.bfloat16}
+        elif case == "fp32":
+            amps = {"compactlm": None, "transformers": None, "litgpt": None}
         elif case == "default":
             amps = {"compactlm": default_amp, "transformers": None, "litgpt": None}
         else:
