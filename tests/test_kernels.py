@@ -75,12 +75,12 @@ def test_linear_cross_entropy_on_cuda_bf16():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fast_path_training_tracks_eager_over_50_steps_on_cuda():
-    """Compiled blocks + fused linear-CE vs the eager reference, same weights and data, bf16 autocast.
+    """Compiled blocks + fused linear-CE vs the eager reference: same weights, data and bf16 autocast.
 
-    Bound: per-step losses within 2% and on average within 0.5%. Both paths round activations to
-    bf16 (8-bit mantissa, 0.4% relative) at different points, so they are not bit-identical and the
-    trajectories drift apart slowly; a real bug (a wrong gradient, a dropped term) moves the loss by
-    far more than that within a few steps.
+    The paths round to bf16 at different points, so they are not bit-identical and drift apart
+    slowly. The bound is calibrated on bf16 itself: over the 50 steps the fast path may not stray
+    from eager bf16 by more than eager bf16 strays from eager float32 (plus 0.1% of slack). A real bug
+    (a wrong gradient, a dropped term) moves the loss much further within a few steps.
     """
     import compactlm
     from compactlm.checkpoint import cpu_state
@@ -93,21 +93,25 @@ def test_fast_path_training_tracks_eager_over_50_steps_on_cuda():
     state = cpu_state(compactlm.build_model(config))
     g = torch.Generator(device="cuda").manual_seed(0)
     data = [torch.randint(0, 8000, (8, 257), device="cuda", generator=g) for _ in range(10)]
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
     trajectories = {}
-    for mode in ("eager", "compile"):
+    for name, mode, amp in (("fp32", "eager", False), ("eager", "eager", True), ("fast", "compile", True)):
         model = compactlm.build_model(config, device=device)
         model.load_state_dict(state)
         apply_kernels(model, mode, device)
         optimizer = make_optimizer(model, OptimSection(lr=1e-3, warmup_steps=1), device)
         losses = []
         for step in range(50):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 loss = lm_loss(model, data[step % 10], fused=mode != "eager")
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-        trajectories[mode] = torch.tensor(losses)
-    relative = (trajectories["compile"] - trajectories["eager"]).abs() / trajectories["eager"]
-    assert relative.max() <= 0.02 and relative.mean() <= 0.005, relative
+        trajectories[name] = torch.tensor(losses)
+    torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+    bf16_noise = ((trajectories["eager"] - trajectories["fp32"]).abs() / trajectories["fp32"]).max()
+    fast_drift = ((trajectories["fast"] - trajectories["eager"]).abs() / trajectories["eager"]).max()
+    assert fast_drift <= bf16_noise + 1e-3, (fast_drift, bf16_noise)
     assert trajectories["eager"][-1] < trajectories["eager"][0] - 1.0  # it did learn
