@@ -60,14 +60,15 @@ def batches(vocab, micro_batch, seq_len, device, n=4):
     return [torch.randint(0, vocab, (micro_batch, seq_len + 1), device=device, generator=g) for _ in range(n)]
 
 
-def compactlm_step(model, optimizer, data, fused):
+def training_step(model, optimizer, data, loss_fn):
+    """One optimizer step per call, cycling through `data`; the same recipe for every contender."""
     counter = {"i": 0}
 
     def step():
         batch = data[counter["i"] % len(data)]
         counter["i"] += 1
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = lm_loss(model, batch, fused)
+            loss = loss_fn(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -77,22 +78,9 @@ def compactlm_step(model, optimizer, data, fused):
     return step
 
 
-def hf_step(model, optimizer, data):
-    counter = {"i": 0}
-
-    def step():
-        batch = data[counter["i"] % len(data)]
-        counter["i"] += 1
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(input_ids=batch[:, :-1]).logits
-            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+def hf_loss(model, batch):
+    logits = model(input_ids=batch[:, :-1]).logits
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
 
 
 def run_contender(name, build, args, device, flops_per_token, peaks, results, initial_state):
@@ -152,7 +140,8 @@ def main() -> None:
         with torch.device(device):
             model = LlamaForCausalLM(LlamaConfig(**config_to_hf(config), attn_implementation="sdpa"))
         model.load_state_dict(state_dict_to_hf(state, config))
-        return hf_step(model, torch.optim.AdamW(model.parameters(), lr=4e-4, betas=(0.9, 0.95), fused=True), data)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, betas=(0.9, 0.95), fused=True)
+        return training_step(model, optimizer, data, hf_loss)
 
     def build_ours(kernels, fused, checkpoint_every=0, whole_model=False):
         def build(state):
@@ -163,7 +152,8 @@ def main() -> None:
                 model.hidden_states = torch.compile(model.hidden_states, dynamic=False)
             else:
                 apply_kernels(model, kernels, device)
-            return compactlm_step(model, make_optimizer(model, OptimSection(), device), data, fused)
+            optimizer = make_optimizer(model, OptimSection(), device)
+            return training_step(model, optimizer, data, lambda m, b: lm_loss(m, b, fused))
         return build
 
     contenders = [

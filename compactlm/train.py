@@ -27,8 +27,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors.torch import save_file
 
-from compactlm.checkpoint import atomic_directory, build_model, config_with_tokenizer_ids, cpu_state, load_weights
+from compactlm.checkpoint import (atomic_directory, build_model, config_with_tokenizer_ids, cpu_state, load_safetensors,
+                                  load_weights)
 from compactlm.config import ModelConfig, get_preset
 from compactlm.configuration import load_config, to_dict
 from compactlm.data.mixture import Mixture, MixtureSource, batches
@@ -305,8 +307,6 @@ class Trainer:
             raise TrainingError(f"{path}: checkpoint model config differs from this run's ({'; '.join(diff)})")
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         next_index = self.mixture.check_state(state["data"], str(path / STATE_FILE))
-        from compactlm.checkpoint import load_safetensors
-
         load_weights(self.model, load_safetensors(path / "model.safetensors"), path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
@@ -330,8 +330,6 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         path = self.run_dir / "checkpoints" / f"step-{self.step:08d}"
         with atomic_directory(path) as tmp:
-            from safetensors.torch import save_file
-
             save_file(cpu_state(self.model), tmp / "model.safetensors", metadata={"format": "pt"})
             config_with_tokenizer_ids(self.model_config, self.tokenizer).save(tmp / "config.json")
             self.tokenizer.save(tmp)

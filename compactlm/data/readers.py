@@ -92,7 +92,7 @@ def read_batches(path: Path, source: SourceConfig, batch_bytes: int = 1 << 22) -
         elif name.endswith(".txt"):
             yield from _txt_batches(path, source.txt_separator, batch_bytes)
         else:
-            yield from _line_batches(_byte_chunks(path), batch_bytes)
+            yield from _split_batches(_byte_chunks(path), b"\n", batch_bytes)
     except DataError:
         raise
     except Exception as exc:  # zstandard, gzip and pyarrow each raise their own exception types
@@ -142,14 +142,15 @@ def _zstd_chunks(path: Path, size: int = 8192) -> Iterator[bytes]:
         raise DataError(f"{path}: corrupt or truncated zstd stream (the file ends inside a frame)")
 
 
-def _line_batches(chunks: Iterator[bytes], batch_bytes: int) -> Iterator[list[bytes]]:
+def _split_batches(chunks: Iterator[bytes], separator: bytes, batch_bytes: int) -> Iterator[list[bytes]]:
+    """Records separated by `separator` in a stream of byte chunks, in batches of about batch_bytes."""
     batch, size, pending = [], 0, b""
     for chunk in chunks:
-        lines = (pending + chunk).split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            batch.append(line)
-            size += len(line) + 1
+        records = (pending + chunk).split(separator)
+        pending = records.pop()
+        for record in records:
+            batch.append(record)
+            size += len(record) + len(separator)
             if size >= batch_bytes:
                 yield batch
                 batch, size = [], 0
@@ -182,22 +183,7 @@ def _txt_batches(path: Path, separator: str | None, batch_bytes: int) -> Iterato
     if separator is None:
         yield [path.read_bytes()]  # one document: its bytes, decoded (and checked) by the worker
         return
-    sep = separator.encode()
-    with open(path, "rb") as f:
-        pending, batch, size = b"", [], 0
-        while chunk := f.read(1 << 22):
-            parts = (pending + chunk).split(sep)
-            pending = parts.pop()
-            for part in parts:
-                batch.append(part)
-                size += len(part)
-            if size >= batch_bytes:
-                yield batch
-                batch, size = [], 0
-        if pending:
-            batch.append(pending)
-        if batch:
-            yield batch
+    yield from _split_batches(_byte_chunks(path, 1 << 22), separator.encode(), batch_bytes)
 
 
 # ---- parsing (worker processes) ------------------------------------------------------------------
