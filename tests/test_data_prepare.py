@@ -152,10 +152,12 @@ def test_bad_rows_stop_the_run_when_not_allowed(tmp_path, prepared):
     (raw / "rows.jsonl").write_bytes(b'{"text": "good row"}\n{"text": broken\n')
     data = {"output_dir": str(tmp_path / "out"), "tokenizer": {"path": config.tokenizer.path},
             "datasets": {"d": {"sources": [{"path": str(raw)}]}}, "workers": 1}
+    (raw / "empty.jsonl").write_bytes(b"")  # an empty file is a finished unit with no documents
     with pytest.raises(DataError, match=r"rows\.jsonl: bad rows \(bad_json: 1\)"):
         prepare(load_config(PrepareConfig, data={**data, "skip_bad_rows": False}), progress=False)
     manifest = prepare(load_config(PrepareConfig, data=data), progress=False)["d"]
     assert manifest["documents"] == 1 and manifest["sources"][0]["skipped"] == {"bad_json": 1}
+    assert manifest["sources"][0]["files"] == 2
 
 
 def test_cli_prepare_with_overrides_and_one_line_errors(tmp_path, prepared, capsys):

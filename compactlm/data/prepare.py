@@ -244,7 +244,7 @@ def _run_units(units, states, config, tokenizer, dtype, out: Path, progress: boo
     # workers only parse and tokenise, so the parent's state they inherit is harmless.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     window = 4 * workers
-    started, docs, n_tokens = time.perf_counter(), 0, 0
+    started, n_tokens = time.perf_counter(), 0
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(str(tokenizer.path),)) as pool:
         bar = _progress_bar(progress)
@@ -252,17 +252,17 @@ def _run_units(units, states, config, tokenizer, dtype, out: Path, progress: boo
         builder: _ShardBuilder | None = None
 
         def drain(limit: int) -> None:
-            nonlocal builder, docs, n_tokens
+            nonlocal builder, n_tokens
             while len(pending) > limit:
                 unit, n_records, result = pending.popleft()
-                if result is None:  # end of this unit's file
+                if builder is None:
+                    builder = _ShardBuilder(unit, states[id(unit)], out / unit.dataset, config.shard_tokens, dtype)
+                if result is None:  # end of this unit's file (possibly one with nothing left to do)
                     builder.flush()
                     builder.state.complete = True
                     _save_state(out / unit.dataset, unit, builder.state, tokenizer)
                     builder = None
                     continue
-                if builder is None:
-                    builder = _ShardBuilder(unit, states[id(unit)], out / unit.dataset, config.shard_tokens, dtype)
                 tokens, lengths, skipped = result.result()
                 if skipped and not config.skip_bad_rows:
                     bad = {k: v for k, v in skipped.items() if not k.startswith("set:")}
@@ -271,7 +271,6 @@ def _run_units(units, states, config, tokenizer, dtype, out: Path, progress: boo
                                         "to skip and count them")
                 if builder.add(tokens, lengths, skipped, n_records):
                     _save_state(out / unit.dataset, unit, builder.state, tokenizer)
-                docs += len(lengths)
                 n_tokens += len(tokens)
                 if bar is not None:
                     bar.update(len(lengths))
