@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import shutil
 import signal
@@ -383,6 +382,9 @@ class Trainer:
                 signal.signal(sig, handler)
         return last
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum  # finish the step in flight, checkpoint, stop
 
@@ -392,7 +394,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for _ in range(self.accumulation):
             batch = next(loader).to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            with self._autocast():
                 loss = lm_loss(self.model, batch, self.fused_loss)
             (loss / self.accumulation).backward()
             total += loss.detach()
@@ -425,7 +427,7 @@ class Trainer:
         losses = []
         for chunk in samples.split(self.config.train.micro_batch):
             chunk = chunk.to(self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            with self._autocast():
                 losses.append(lm_loss(self.model, chunk, self.fused_loss).item() * len(chunk))
         self.model.train()
         loss = sum(losses) / len(samples)

@@ -1,6 +1,5 @@
 """`compactlm prepare`: shards, manifest, determinism, crash safety, and bad input."""
 
-import json
 import os
 import signal
 import subprocess

@@ -119,3 +119,31 @@ def test_fast_path_training_tracks_eager_over_50_steps_on_cuda():
           f"{drift('fast', 'fp32'):.4f}, fast vs eager bf16 {drift('fast', 'eager'):.4f}")
     assert drift("fast", "fp32") <= 2 * drift("eager", "fp32") + 1e-3
     assert trajectories["eager"][-1] < trajectories["eager"][0] - 0.3  # it did learn (random tokens: little to learn)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_block_matches_eager_block_on_cuda():
+    """torch.compile fuses RMSNorm, RoPE, SwiGLU and the residual adds; the block's outputs and
+    gradients must not change beyond float32 reassociation (1e-4 relative to the output scale)."""
+    import copy
+
+    import compactlm
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = compactlm.build_model("tinyllama-13m", vocab_size=1000, device="cuda")
+    eager = model.layers[0]
+    compiled = copy.deepcopy(eager)
+    compiled.compile(dynamic=False)
+    x = torch.randn(4, 128, model.config.d_model, device="cuda", requires_grad=True)
+    cos, sin = model.rope(torch.arange(128, device="cuda")[None])
+    outputs, grads = [], []
+    for block in (eager, compiled):
+        out = block(x, cos, sin)
+        (out * torch.linspace(-1, 1, out.shape[-1], device="cuda")).sum().backward()
+        outputs.append(out.detach())
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in block.parameters()])
+        x.grad = None
+    scale = outputs[0].abs().max()
+    assert (outputs[0] - outputs[1]).abs().max() <= 1e-4 * scale
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max() + 1e-7
