@@ -28,8 +28,8 @@ from compactlm.model import Transformer
 from compactlm.tokenizer import Tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
-_TEST_DELAY = float(os.environ.get("COMPACTLM_TEST_CHECKPOINT_DELAY", "0"))
 CONFIG_FILE = "config.json"
+_TEST_DELAY = float(os.environ.get("COMPACTLM_TEST_CHECKPOINT_DELAY", "0"))  # lets tests kill a write mid-way
 
 
 def build_model(config: ModelConfig | str, device: str | torch.device | None = None,

@@ -62,9 +62,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        sorted_probs = sorted_logits.softmax(dim=-1)
         # Drop a token when the tokens ranked above it already reach top_p; the first always stays.
-        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
@@ -82,9 +82,8 @@ def generate(model: Transformer, input_ids: torch.Tensor, max_new_tokens: int, t
     produced it is continued with eos_id, and generation stops early once every sequence has (the
     result is then shorter). on_token receives each step's new tokens [B] (for streaming).
     """
-    B, T = input_ids.shape
-    total = T + max_new_tokens
-    if total > model.config.max_seq_len:
+    T = input_ids.shape[1]
+    if T + max_new_tokens > model.config.max_seq_len:
         raise CompactlmError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the model's context "
                              f"of {model.config.max_seq_len} tokens")
     device = model.embed.weight.device

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from compactlm.errors import CheckpointError
+from compactlm.fileio import atomic_write
 
 SPM_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
@@ -172,9 +173,7 @@ def train_bpe(texts, vocab_size: int, out_path: str | Path) -> Tokenizer:
     tok.train_from_iterator(texts, trainer)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tok.save(str(tmp))
-    tmp.replace(out_path)
+    atomic_write(out_path, [tok.to_str().encode("utf-8")])
     return Tokenizer(out_path)
 
 

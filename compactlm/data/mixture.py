@@ -34,7 +34,6 @@ from compactlm.data.readers import DataError
 from compactlm.data.shards import Shard, read_litpkds
 
 PERIOD = 4096
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @dataclass
@@ -97,8 +96,12 @@ def _mix(x: np.ndarray, key: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1024)
+def _seed_key(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
 def _round_keys(key: int, rounds: int) -> tuple[int, ...]:
-    return tuple(int.from_bytes(hashlib.sha256(f"{key}:{r}".encode()).digest()[:8], "little") for r in range(rounds))
+    return tuple(_seed_key(key, r) for r in range(rounds))
 
 
 def permute(index: np.ndarray, n: int, key: int, rounds: int = 4) -> np.ndarray:
@@ -121,11 +124,6 @@ def permute(index: np.ndarray, n: int, key: int, rounds: int = 4) -> np.ndarray:
         out[outside] = feistel(out[outside])
         outside = out >= np.uint64(n)
     return out.astype(np.int64)
-
-
-@functools.lru_cache(maxsize=1024)
-def _seed_key(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
 class Mixture:
@@ -190,8 +188,13 @@ class Mixture:
     def samples(self, indices) -> np.ndarray:
         """Global sample indices -> int64 array [len(indices), seq_len + 1]."""
         datasets, blocks = self.locate(indices)
-        out = np.empty((len(datasets), self.seq_len + 1), dtype=np.int64)
-        for row, (d, b) in enumerate(zip(datasets.tolist(), blocks.tolist())):
+        return self._windows(zip(datasets.tolist(), blocks.tolist()))
+
+    def _windows(self, pairs) -> np.ndarray:
+        """(dataset, block) pairs -> int64 array [len(pairs), seq_len + 1]."""
+        pairs = list(pairs)
+        out = np.empty((len(pairs), self.seq_len + 1), dtype=np.int64)
+        for row, (d, b) in enumerate(pairs):
             out[row] = self.streams[d].window(b * self.seq_len, self.seq_len + 1)
         return out
 
@@ -203,12 +206,7 @@ class Mixture:
             share = int(self.n_val[d]) if limit is None else min(int(self.n_val[d]),
                                                                   max(1, round(limit * self.weights[d])))
             pairs += [(d, first + j) for j in range(share)]
-        if limit is not None:
-            pairs = pairs[:limit]
-        out = np.empty((len(pairs), self.seq_len + 1), dtype=np.int64)
-        for row, (d, b) in enumerate(pairs):
-            out[row] = self.streams[d].window(b * self.seq_len, self.seq_len + 1)
-        return out
+        return self._windows(pairs if limit is None else pairs[:limit])
 
     # ---- resume ---------------------------------------------------------------------------------
     def state(self, next_index: int) -> dict:

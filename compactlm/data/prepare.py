@@ -28,6 +28,7 @@ import numpy as np
 from compactlm.configuration import load_config
 from compactlm.data.readers import DataError, SourceConfig, list_files, parse_records, read_batches, record_format
 from compactlm.data.shards import token_dtype, write_shard
+from compactlm.fileio import atomic_write
 from compactlm.tokenizer import Tokenizer
 
 MANIFEST = "manifest.json"
@@ -181,12 +182,7 @@ def _save_state(directory: Path, unit: _Unit, state: _UnitState, tokenizer: Toke
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, [json.dumps(payload, indent=2).encode()])
 
 
 def _records_to_do(unit: _Unit, state: _UnitState, config: PrepareConfig):

@@ -16,13 +16,13 @@ always complete. Also here: a reader for lit-gpt's `LITPKDS` files (TinyLlama's 
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from compactlm.errors import CompactlmError
+from compactlm.fileio import atomic_write
 
 MAGIC = b"CLMTOKS\0"
 VERSION = 1
@@ -46,14 +46,9 @@ def write_shard(path: str | Path, tokens: np.ndarray, doc_starts: np.ndarray) ->
         raise ShardError(f"{path}: tokens must be uint16 or uint32, got {tokens.dtype}")
     index = np.append(np.asarray(doc_starts, dtype=np.uint64), np.uint64(len(tokens)))
     header = _HEADER.pack(MAGIC, VERSION, tokens.dtype.itemsize, len(tokens), len(index) - 1)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(header.ljust(HEADER_SIZE, b"\0"))
-        f.write(tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes())
-        f.write(index.astype("<u8", copy=False).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, [header.ljust(HEADER_SIZE, b"\0"),
+                        tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes(),
+                        index.astype("<u8", copy=False).tobytes()])
 
 
 class Shard:
