@@ -148,7 +148,7 @@ def main() -> None:
             model = compactlm.build_model(config, device=device)
             model.load_state_dict(state)
             model.checkpoint_every = checkpoint_every
-            if whole_model:  # the trunk as one graph (lm_loss calls hidden_states, not forward)
+            if whole_model:  # the trunk as one graph (forward calls self.hidden_states, overridden here)
                 model.hidden_states = torch.compile(model.hidden_states, dynamic=False)
             else:
                 apply_kernels(model, kernels, device)

@@ -26,6 +26,7 @@ from compactlm.config import ModelConfig, get_preset
 from compactlm.errors import CheckpointError
 from compactlm.model import Transformer
 from compactlm.tokenizer import Tokenizer
+from compactlm.train_checkpoint import is_sharded, load_sharded_weights
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -113,12 +114,17 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         yield tmp
-        _fsync_tree(tmp)
-        if _TEST_DELAY:
-            time.sleep(_TEST_DELAY)  # widens the window in which tests kill a checkpoint write
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    publish_directory(tmp, directory)
+
+
+def publish_directory(tmp: Path, directory: Path) -> None:
+    """Make a filled temporary directory durable, then move it to its final name in one rename."""
+    _fsync_tree(tmp)
+    if _TEST_DELAY:
+        time.sleep(_TEST_DELAY)  # widens the window in which tests kill a checkpoint write
     _replace_directory(tmp, directory)
 
 
@@ -135,7 +141,9 @@ def _replace_directory(tmp: Path, directory: Path) -> None:
 
 def _fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
-        if path.is_file():
+        if path.is_dir():
+            _fsync_tree(path)
+        elif path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
     _fsync_dir(directory)
@@ -203,6 +211,8 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None,
         config_data = read_json(path / CONFIG_FILE)
         config_data = {k: v for k, v in config_data.items() if k not in ("format", "format_version")}
         config = ModelConfig.from_dict(config_data, source=str(path / CONFIG_FILE))
+        if not (path / WEIGHTS_FILE).is_file() and is_sharded(path):
+            return _consolidate(path, config, device, dtype)
         state = load_safetensors(path / WEIGHTS_FILE)
         source = path / WEIGHTS_FILE
     elif (path / CONFIG_FILE).is_file():
@@ -213,6 +223,17 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None,
         raise CheckpointError(f"{path}: no config.json (neither a compactlm nor a Hugging Face checkpoint)")
     model = build_model(config, device="meta")
     load_weights(model, state, source)
+    return finish_loading(model, device, dtype)
+
+
+def _consolidate(path: Path, config: ModelConfig, device, dtype) -> Transformer:
+    """One model from a sharded (DCP) training checkpoint, written by any number of ranks."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.to_empty(device="cpu")  # DCP reads into real tensors; no time spent on a random init
+    load_sharded_weights(path, model_state_dict(model))
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
     return finish_loading(model, device, dtype)
 
 

@@ -23,6 +23,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from compactlm.config import ModelConfig
+from compactlm.kernels import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -169,16 +170,27 @@ class Transformer(nn.Module):
                 p.normal_(0.0, small, generator=generator)
         self.rope.reset_tables()
 
-    def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None, position_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
+                position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                last_only: bool = False, fused_loss: bool = True) -> torch.Tensor:
         """idx [B, T] -> logits [B, T, vocab] (or [B, 1, vocab] with last_only).
 
+        targets [B, T]: return the mean next-token cross-entropy instead. The head and the loss run
+        fused over chunks of tokens (compactlm.kernels), never holding float32 logits for the whole
+        batch; fused_loss=False is the reference path (full logits, then cross-entropy). The loss is
+        computed here, inside forward, so that FSDP's hooks gather the head's weight for it.
         cache: continue from `cache.length` cached positions and append these T.
         position_ids [B, T]: defaults to start, start+1, ...; left-padded batches pass their own.
         attention_mask [B, T]: 1 for real tokens, 0 for padding (remembered in the cache).
         """
         x = self.hidden_states(idx, cache=cache, position_ids=position_ids, attention_mask=attention_mask)
-        return self.lm_head(x[:, -1:] if last_only else x)
+        if targets is None:
+            return self.lm_head(x[:, -1:] if last_only else x)
+        if not fused_loss:
+            return F.cross_entropy(self.lm_head(x).float().flatten(0, 1), targets.flatten())
+        # CPU: 256-row chunks keep each chunk's logits in cache; GPU: fewer, larger chunks, fewer launches.
+        chunk = 256 if x.device.type == "cpu" else 4096
+        return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), chunk)
 
     def hidden_states(self, idx: torch.Tensor, *, cache: KVCache | None = None,
                       position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None):

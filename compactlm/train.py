@@ -25,18 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 from safetensors.torch import save_file
 
-from compactlm.checkpoint import (atomic_directory, build_model, config_with_tokenizer_ids, cpu_state, load_safetensors,
-                                  load_weights)
+from compactlm.checkpoint import atomic_directory, build_model, config_with_tokenizer_ids, publish_directory
 from compactlm.config import ModelConfig, get_preset
 from compactlm.configuration import load_config, to_dict
 from compactlm.data.mixture import Mixture, MixtureSource, batches
 from compactlm.errors import CompactlmError
-from compactlm.kernels import apply_kernels, linear_cross_entropy
+from compactlm.kernels import apply_kernels
 from compactlm.model import Transformer
+from compactlm.parallelize import (barrier, clip_grad_norm, close_distributed, gradient_sync, init_distributed,
+                                   parallelize, resolve_parallelism)
 from compactlm.tokenizer import Tokenizer
+from compactlm.train_checkpoint import FORMATS, full_state, is_sharded, load_training_state, save_sharded
 
 STATE_FILE = "train_state.pt"
 CONFIG_COPY = "train_config.yaml"
@@ -60,15 +63,16 @@ class ModelSection:
     rope_base: float | None = None
     tie_embeddings: bool | None = None
 
-    def build_config(self, vocab_size: int, seq_len: int, tokenizer: Tokenizer) -> ModelConfig:
+    def build_config(self, vocab_size: int, seq_len: int, tokenizer: Tokenizer | None = None) -> ModelConfig:
         changes = {k: v for k, v in dataclasses.asdict(self).items() if k != "preset" and v is not None}
         preset = get_preset(self.preset)
         if "d_model" in changes and "n_head" not in changes:
             changes["n_head"] = changes["d_model"] // preset.head_dim
         if "d_model" in changes or "n_head" in changes:
             changes.setdefault("head_dim", 0)  # re-derived from d_model / n_head
-        return get_preset(self.preset, vocab_size=vocab_size, max_seq_len=seq_len, bos_id=tokenizer.bos_id,
-                          eos_id=tokenizer.eos_id, **changes)
+        if tokenizer is not None:
+            changes.update(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+        return get_preset(self.preset, vocab_size=vocab_size, max_seq_len=seq_len, **changes)
 
 
 @dataclass
@@ -104,6 +108,9 @@ class TrainSection:
     kernels: str = "auto"  # auto | eager | compile (compactlm.kernels.apply_kernels)
     activation_checkpointing: int = 0  # recompute every k-th block's activations in backward (0: off)
     max_nonfinite: int = 5  # consecutive non-finite steps that stop the run
+    parallelism: str = "auto"  # several ranks: fsdp (auto) or ddp; one process: none
+    checkpoint_format: str = "auto"  # full (one process: auto) | sharded (several ranks: auto), see train_checkpoint
+    async_checkpoint: bool = True  # sharded checkpoints are written in the background while training goes on
 
 
 @dataclass
@@ -197,26 +204,32 @@ def device_peak_flops(device: torch.device, configured: float) -> float | None:
     return next((peak for key, peak in PEAK_FLOPS if key in name), None)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto`: a GPU if there is one. With several ranks per node each takes GPU `local_rank`."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def resolve_checkpoint_format(name: str, parallelism: str) -> str:
+    if name not in FORMATS:
+        raise TrainingError(f"train.checkpoint_format {name!r}: choose one of {', '.join(FORMATS)}")
+    if name == "auto":
+        return "sharded" if parallelism == "fsdp" else "full"
+    return name
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
 
 
 # ---- loss ---------------------------------------------------------------------------------------
 def lm_loss(model: Transformer, batch: torch.Tensor, fused: bool = True) -> torch.Tensor:
-    """Mean next-token cross-entropy of a [B, T + 1] batch (inputs [:, :-1], targets [:, 1:]).
-
-    The head and the loss run fused over chunks of tokens (compactlm.kernels), never holding float32
-    logits for the whole batch.
-    """
-    if not fused:  # the reference path: full logits, then cross-entropy
-        logits = model(batch[:, :-1])
-        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-    hidden = model.hidden_states(batch[:, :-1])
-    # CPU: 256-row chunks keep each chunk's logits in cache; GPU: fewer, larger chunks, fewer launches.
-    chunk = 256 if hidden.device.type == "cpu" else 4096
-    return linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, batch[:, 1:].flatten(), chunk)
+    """Mean next-token cross-entropy of a [B, T + 1] batch (inputs [:, :-1], targets [:, 1:])."""
+    return model(batch[:, :-1], batch[:, 1:], fused_loss=fused)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
@@ -234,10 +247,21 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, console=print):
         self.config, self.console = config, console
         self.run_dir = Path(config.run_dir)
-        self.device = resolve_device(config.device)
+        self.world = init_distributed(resolve_device(config.device).type)
+        self.rank, self.world_size = self.world.rank, self.world.size
+        self.device = resolve_device(config.device, self.world.local_rank)
         self.amp_dtype = autocast_dtype(config.train.precision, self.device)
-        self.rank, self.world_size = 0, 1
+        self.parallelism = resolve_parallelism(config.train.parallelism, self.world_size)
+        self.checkpoint_format = resolve_checkpoint_format(config.train.checkpoint_format, self.parallelism)
+        if not self.world.is_main:
+            self.console = _silent
         self._stop_signal: int | None = None
+        self._stop_requested = False
+        self._pending_save: tuple | None = None  # (future, temporary dir, final dir) of a background write
+        # Background checkpoint writes run their own collectives: on a group of their own, so they never
+        # interleave with the training step's.
+        self._checkpoint_group = (dist.new_group(backend="gloo") if self.world_size > 1 and
+                                  self.checkpoint_format == "sharded" and config.train.async_checkpoint else None)
         self._setup_data()
         self._setup_model()
         self.step, self.tokens_seen, self.nonfinite_total, self.nonfinite_run = 0, 0, 0, 0
@@ -276,23 +300,31 @@ class Trainer:
     def _setup_model(self) -> None:
         self.model_config = self.config.model.build_config(self.tokenizer.vocab_size, self.config.data.seq_len,
                                                            self.tokenizer)
-        torch.manual_seed(self.config.seed)
-        self.model = build_model(self.model_config, device=self.device)
-        self.optimizer = make_optimizer(self.model, self.config.optim, self.device)
-        self.model.checkpoint_every = self.config.train.activation_checkpointing
-        self.kernels = apply_kernels(self.model, self.config.train.kernels, self.device)
+        torch.manual_seed(self.config.seed)  # the same initial weights on every rank
+        module = build_model(self.model_config, device=self.device)
+        module.checkpoint_every = self.config.train.activation_checkpointing
+        self.kernels = apply_kernels(module, self.config.train.kernels, self.device)
         self.fused_loss = self.config.train.kernels != "eager"
+        self.module = module  # the Transformer, for its config and parameter count
+        self.model = parallelize(module, self.parallelism, self.device, self.amp_dtype)
+        if self.parallelism != "none":
+            self.kernels.append(f"{self.parallelism} over {self.world_size} ranks")
+        self.optimizer = make_optimizer(module, self.config.optim, self.device)  # after sharding: it holds the shards
         self.peak_flops = device_peak_flops(self.device, self.config.peak_flops)
         self.flops_per_token = self.model_config.flops_per_token(self.config.data.seq_len)
 
     def _write_resolved_config(self) -> None:
+        if not self.world.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
 
     # ---- resume ---------------------------------------------------------------------------------
     def _resume(self) -> None:
-        for leftover in (self.run_dir / "checkpoints").glob(".step-*"):  # a write killed before its rename
-            shutil.rmtree(leftover, ignore_errors=True)
+        if self.world.is_main:
+            for leftover in (self.run_dir / "checkpoints").glob(".step-*"):  # a write killed before its rename
+                shutil.rmtree(leftover, ignore_errors=True)
+        barrier(self.world)
         found = checkpoint_dirs(self.run_dir)
         if not found:
             self.console(f"no checkpoint in {self.run_dir / 'checkpoints'}: starting from scratch")
@@ -306,8 +338,9 @@ class Trainer:
             raise TrainingError(f"{path}: checkpoint model config differs from this run's ({'; '.join(diff)})")
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         next_index = self.mixture.check_state(state["data"], str(path / STATE_FILE))
-        load_weights(self.model, load_safetensors(path / "model.safetensors"), path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        # The global data stream depends on global_batch only: any number of ranks continues it.
+        load_training_state(self.model, self.optimizer, path, state.get("optimizer"),
+                            self.model_config.tie_embeddings)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.nonfinite_total, self.nonfinite_run = state["nonfinite_total"], state["nonfinite_run"]
         torch.set_rng_state(state["rng_cpu"])
@@ -316,8 +349,10 @@ class Trainer:
         expected = self.step * self.config.train.global_batch
         if next_index != expected:
             raise TrainingError(f"{path}: data index {next_index} does not match step {self.step}")
-        self._truncate_metrics(self.step)
-        self.console(f"resumed from {path} (step {self.step}, {self.tokens_seen:,} tokens seen)")
+        if self.world.is_main:
+            self._truncate_metrics(self.step)
+        self.console(f"resumed from {path} (step {self.step}, {self.tokens_seen:,} tokens seen"
+                     f"{', sharded checkpoint' if is_sharded(path) else ''})")
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines of steps after the checkpoint: they will be recomputed, identically."""
@@ -326,23 +361,68 @@ class Trainer:
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
             path.write_text("".join(line + "\n" for line in kept))
 
-    def save_checkpoint(self) -> Path:
+    # ---- save -----------------------------------------------------------------------------------
+    def save_checkpoint(self, final: bool = True) -> Path:
+        """Write checkpoints/step-N atomically (a hidden temporary directory, renamed once complete).
+
+        Collective: every rank calls it. Full format: rank 0 gathers and writes everything. Sharded:
+        every rank writes its own shards; unless `final`, in the background (with
+        train.async_checkpoint), published by the next save or at the end of the run.
+        """
+        self._publish_pending_save()
         path = self.run_dir / "checkpoints" / f"step-{self.step:08d}"
-        with atomic_directory(path) as tmp:
-            save_file(cpu_state(self.model), tmp / "model.safetensors", metadata={"format": "pt"})
-            config_with_tokenizer_ids(self.model_config, self.tokenizer).save(tmp / "config.json")
-            self.tokenizer.save(tmp)
-            state = {"step": self.step, "tokens_seen": self.tokens_seen, "optimizer": self.optimizer.state_dict(),
-                     "data": self.mixture.state(self.step * self.config.train.global_batch),
-                     "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
-                     "rng_cpu": torch.get_rng_state()}
-            if self.device.type == "cuda":
-                state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-            torch.save(state, tmp / STATE_FILE)
-            (tmp / CONFIG_COPY).write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        if self.checkpoint_format == "full":
+            model_sd, optim_sd = full_state(self.model, self.optimizer, self.model_config.tie_embeddings)
+            if self.world.is_main:
+                with atomic_directory(path) as tmp:
+                    save_file(model_sd, tmp / "model.safetensors", metadata={"format": "pt"})
+                    self._write_checkpoint_files(tmp, optimizer=optim_sd)
+                self._drop_old_checkpoints()
+            barrier(self.world)
+            return path
+        tmp = path.with_name(f".{path.name}.tmp")
+        if self.world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self._write_checkpoint_files(tmp)
+        barrier(self.world)
+        background = self.config.train.async_checkpoint and not final
+        future = save_sharded(self.model, self.optimizer, tmp, background, self._checkpoint_group)
+        self._pending_save = (future, tmp, path)
+        if not background:
+            self._publish_pending_save()
+        return path
+
+    def _write_checkpoint_files(self, directory: Path, **extra) -> None:
+        config_with_tokenizer_ids(self.model_config, self.tokenizer).save(directory / "config.json")
+        self.tokenizer.save(directory)
+        state = {"step": self.step, "tokens_seen": self.tokens_seen,
+                 "data": self.mixture.state(self.step * self.config.train.global_batch),
+                 "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
+                 "rng_cpu": torch.get_rng_state(), "world_size": self.world_size, **extra}
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        torch.save(state, directory / STATE_FILE)
+        (directory / CONFIG_COPY).write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+
+    def _publish_pending_save(self) -> None:
+        """Wait for a background checkpoint write; rank 0 then renames it into place.
+
+        Rank 0's write finishes last: it writes DCP's metadata after every rank reported its shards.
+        """
+        if self._pending_save is None:
+            return
+        future, tmp, path = self._pending_save
+        self._pending_save = None
+        if future is not None:
+            future.result()
+        if self.world.is_main:
+            publish_directory(tmp, path)
+            self._drop_old_checkpoints()
+
+    def _drop_old_checkpoints(self) -> None:
         for old in checkpoint_dirs(self.run_dir)[:-self.config.keep_checkpoints or None]:
             shutil.rmtree(old, ignore_errors=True)
-        return path
 
     # ---- fit ------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -350,7 +430,8 @@ class Trainer:
         self.console(self._banner())
         loader = iter(batches(self.mixture, train.micro_batch, start=self.step * train.global_batch,
                               rank=self.rank, world_size=self.world_size, num_workers=cfg.data.num_workers))
-        metrics = _MetricsWriter(self.run_dir, cfg.tensorboard, purge_step=self.step + 1)
+        metrics = (_MetricsWriter(self.run_dir, cfg.tensorboard, purge_step=self.step + 1) if self.world.is_main
+                   else _NoMetrics())
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         first_step, started, last = self.step, time.perf_counter(), {}
         try:
@@ -370,11 +451,11 @@ class Trainer:
                 if self.step % cfg.eval_every == 0 or self.step == self.max_steps:
                     last = {**last, **self._log_validation(metrics)}
                 if self.step % cfg.checkpoint_every == 0 and self.step != self.max_steps:
-                    self.save_checkpoint()
-                if self._stop_signal is not None:
+                    self.save_checkpoint(final=False)
+                if self._stop_requested:
                     path = self.save_checkpoint()
-                    raise TrainingError(f"stopped by signal {self._stop_signal} at step {self.step}; "
-                                        f"checkpoint {path}; continue with --resume")
+                    raise TrainingError(f"stopped by signal {self._stop_signal or '(on another rank)'} at step "
+                                        f"{self.step}; checkpoint {path}; continue with --resume")
             self.save_checkpoint()
         finally:
             metrics.close()
@@ -392,15 +473,16 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for _ in range(self.accumulation):
+        for i in range(self.accumulation):
             batch = next(loader).to(self.device, non_blocking=True)
-            with self._autocast():
-                loss = lm_loss(self.model, batch, self.fused_loss)
-            (loss / self.accumulation).backward()
+            with gradient_sync(self.model, enabled=i == self.accumulation - 1):
+                with self._autocast():
+                    loss = lm_loss(self.model, batch, self.fused_loss)
+                (loss / self.accumulation).backward()
             total += loss.detach()
-        loss_value = (total / self.accumulation).item()
+        loss_value, self._stop_requested = self._reduce_across_ranks(total / self.accumulation)
         clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
+        grad_norm = clip_grad_norm(self.model.parameters(), clip)
         if math.isfinite(loss_value) and math.isfinite(grad_norm):
             self.optimizer.step()
             self.nonfinite_run = 0
@@ -416,6 +498,18 @@ class Trainer:
                                     f"stopped with checkpoint {path}. Lower optim.lr or check the data.")
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, grad_norm
+
+    def _reduce_across_ranks(self, loss: torch.Tensor) -> tuple[float, bool]:
+        """The loss averaged over ranks, and whether any rank was signalled to stop: one collective.
+
+        Ranks must agree on stopping at the same step, or the others would wait forever in the next
+        step's collectives.
+        """
+        if self.world_size == 1:
+            return loss.item(), self._stop_signal is not None
+        values = torch.stack([loss.float(), torch.tensor(float(self._stop_signal is not None), device=loss.device)])
+        dist.all_reduce(values)
+        return values[0].item() / self.world_size, values[1].item() > 0
 
     # ---- validate -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -445,7 +539,7 @@ class Trainer:
     def _banner(self) -> str:
         cfg = self.config
         precision = "bf16 autocast" if self.amp_dtype is not None else "float32"
-        return (f"model {self.model_config.name}: {self.model.num_params():,} parameters "
+        return (f"model {self.model_config.name}: {self.module.num_params():,} parameters "
                 f"({self.model_config.non_embedding_params:,} non-embedding), vocab {self.tokenizer.vocab_size}; "
                 f"{self.device}, {precision}, kernels: {', '.join(self.kernels)}; batch {cfg.train.global_batch} x {cfg.data.seq_len} tokens "
                 f"({cfg.train.micro_batch} x {self.accumulation} accumulation); steps {self.step} -> {self.max_steps}")
@@ -470,6 +564,16 @@ class Trainer:
             self.console(f"validation at step {self.step}: loss {result['val_loss']:.4f} | "
                          f"ppl {result['val_ppl']:.2f} | {result['val_bpb']:.3f} bits/byte")
         return result
+
+
+class _NoMetrics:
+    """Ranks other than 0 log nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class _MetricsWriter:
@@ -506,5 +610,8 @@ def _duration(seconds: float) -> str:
 
 
 def train(config: TrainConfig, resume: bool = False, console=print) -> dict:
-    """Train from a config; returns the last logged metrics."""
-    return Trainer(config, resume=resume, console=console).fit()
+    """Train from a config; returns the last logged metrics. Under torchrun, every rank calls this."""
+    try:
+        return Trainer(config, resume=resume, console=console).fit()
+    finally:
+        close_distributed()
