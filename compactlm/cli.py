@@ -58,6 +58,9 @@ def _cmd_convert(args) -> None:
     if args.direction == "to-hf":
         model, tokenizer = from_pretrained(args.checkpoint), load_tokenizer(args.checkpoint)
         hf.save_hf(model, args.out, tokenizer)
+    elif args.direction == "consolidate":
+        model, tokenizer = from_pretrained(args.checkpoint), load_tokenizer(args.checkpoint)
+        save_checkpoint(model, args.out, tokenizer)
     elif args.direction == "from-hf":
         model, tokenizer = from_pretrained(args.src), load_tokenizer(args.src)
         save_checkpoint(model, args.out, tokenizer)
@@ -80,15 +83,49 @@ def _cmd_prepare(args) -> None:
 
 
 def _cmd_train(args) -> None:
+    from compactlm.parallelize import launched_by_torchrun
     from compactlm.train import load_train_config, train
 
+    if args.nproc > 1 and not launched_by_torchrun():
+        _relaunch_with_torchrun(args)
     train(load_train_config(args.config, args.overrides), resume=args.resume)
+
+
+def _relaunch_with_torchrun(args) -> None:
+    """`compactlm train --nproc N ...` = `torchrun --standalone --nproc-per-node N -m compactlm train ...`."""
+    import os
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               "-m", "compactlm", "train", args.config, *args.overrides, *(["--resume"] if args.resume else [])]
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
+
+
+def _cmd_plan(args) -> None:
+    from compactlm.plan import format_plan, parse_size, setup_from_train_config
+    from compactlm.train import load_train_config
+
+    train_config = load_train_config(args.config, args.overrides)
+    config, setup = setup_from_train_config(train_config, args.gpus, args.micro_batch, args.seq_len)
+    print(format_plan(config, setup, parse_size(args.gpu_memory), train_config.train.global_batch))
 
 
 def _cmd_demo(args) -> None:
     from compactlm.demo import run_demo
 
     run_demo()
+
+
+def _cmd_eval(args) -> None:
+    from compactlm.eval.command import run
+
+    run(args)
+
+
+def _cmd_ladder(args) -> None:
+    from compactlm.ladder.command import run
+
+    run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config", help="train config (YAML), e.g. configs/demo.yaml")
     tr.add_argument("overrides", nargs="*", help="KEY=VALUE overrides")
     tr.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of run_dir")
+    tr.add_argument("--nproc", type=int, default=1, metavar="N",
+                    help="processes on this machine (one per GPU; CPU ranks use gloo): shorthand for "
+                    "`torchrun --standalone --nproc-per-node N -m compactlm train ...`; see docs/distributed.md")
     tr.set_defaults(func=_cmd_train)
+
+    plan = sub.add_parser("plan", help="memory per GPU of a training config, and the largest micro-batch that fits",
+                          description="Per-GPU memory of a training config: parameters, gradients, optimizer "
+                          "state, activations (with and without activation checkpointing) and logits, and the "
+                          "largest micro-batch that fits. Example: compactlm plan configs/tinyllama-1.1b.yaml "
+                          "--gpus 16 --gpu-memory 40GiB")
+    plan.add_argument("config", help="train config (YAML)")
+    plan.add_argument("overrides", nargs="*", help="KEY=VALUE overrides")
+    plan.add_argument("--gpus", type=int, default=1, help="ranks in all (FSDP shards over them)")
+    plan.add_argument("--gpu-memory", default="80GiB", help="memory of one GPU: 40GiB, 80GB, 24G ...")
+    plan.add_argument("--micro-batch", type=int, default=None, help="default: the config's train.micro_batch")
+    plan.add_argument("--seq-len", type=int, default=None, help="default: the config's data.seq_len")
+    plan.set_defaults(func=_cmd_plan)
 
     gen = sub.add_parser("generate", help="stream a continuation of a prompt")
     gen.add_argument("--checkpoint", required=True, help="compactlm or Hugging Face checkpoint directory")
@@ -132,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     to_hf = conv_sub.add_parser("to-hf", help="compactlm checkpoint -> transformers LlamaForCausalLM directory")
     to_hf.add_argument("--checkpoint", required=True)
     to_hf.add_argument("--out", required=True)
+    consolidate = conv_sub.add_parser("consolidate", help="sharded training checkpoint (any number of ranks) -> "
+                                      "one model.safetensors checkpoint")
+    consolidate.add_argument("--checkpoint", required=True, help="a checkpoints/step-XXXXXXXX directory")
+    consolidate.add_argument("--out", required=True)
     from_hf = conv_sub.add_parser("from-hf", help="transformers Llama directory -> compactlm checkpoint")
     from_hf.add_argument("--src", required=True)
     from_hf.add_argument("--out", required=True)
@@ -142,6 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
     from_lit.add_argument("--tokenizer", default=None, help="tokenizer.model or tokenizer.json to carry along")
     from_lit.add_argument("--out", required=True)
     conv.set_defaults(func=_cmd_convert)
+
+    from compactlm.eval.command import add_arguments as add_eval_arguments
+
+    ev = sub.add_parser("eval", help="lm-evaluation-harness suites, evolution over a run, bits per byte")
+    add_eval_arguments(ev)
+    ev.set_defaults(func=_cmd_eval)
+
+    lad = sub.add_parser("ladder", help="scaling-law ladder: size x tokens grids, isoFLOP profiles, ablations, fits",
+                         description="Train a grid of points (each a normal run directory under OUT/points), "
+                         "fit L(N, D) = E + A/N^alpha + B/D^beta and isoFLOP minima, write OUT/ladder.md and plots. "
+                         "A re-run skips finished points and resumes interrupted ones. See docs/ladder.md.")
+    lad.add_argument("config", help="ladder config (YAML), e.g. configs/ladder-demo.yaml")
+    lad.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of the ladder config (jobs=2 fit.bootstrap=50)")
+    lad.add_argument("--jobs", type=int, default=None, metavar="N", help="points trained at once (processes)")
+    lad.add_argument("--dry-run", action="store_true", help="list the points and their cost, train nothing")
+    lad.add_argument("--report-only", action="store_true", help="fit and report the finished points, train nothing")
+    lad.set_defaults(func=_cmd_ladder)
     return parser
 
 

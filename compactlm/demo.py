@@ -1,7 +1,8 @@
 """`compactlm demo` (`make demo`): the whole pipeline on the embedded corpus, on a CPU, in minutes.
 
 prepare the demo corpus -> train a small Llama with TinyLlama's recipe and 7:3 mix -> validate
-against a unigram baseline -> draw loss.png -> sample continuations -> print a summary.
+against a unigram baseline -> draw loss.png -> score the local multiple-choice task with
+lm-evaluation-harness -> sample continuations -> print a summary.
 """
 
 from __future__ import annotations
@@ -61,6 +62,29 @@ def plot_losses(run_dir: Path, baseline: float, out: Path) -> None:
     plt.close(fig)
 
 
+def _evaluate_local(checkpoint: Path) -> dict | None:
+    """The final checkpoint on the repo's local 4-choice task (tasks/compactlm_facts) through
+    compactlm's lm-evaluation-harness backend; a failure here never stops the demo."""
+    from compactlm.errors import CompactlmError
+
+    started = time.perf_counter()
+    try:
+        from compactlm.eval.runner import demo_evaluation
+
+        entry = demo_evaluation(checkpoint)
+    except (CompactlmError, OSError, ImportError) as exc:
+        print(f"lm-eval evaluation skipped: {exc}")
+        return None
+    if entry is None:
+        print("lm-eval evaluation skipped: lm-evaluation-harness is not installed (pip install 'compactlm[eval]')")
+        return None
+    acc, acc_norm = entry.get("acc"), entry.get("value")
+    print(f"lm-evaluation-harness, local 4-choice task compactlm_facts ({entry.get('samples')} questions, "
+          f"0-shot): acc {100 * acc:.1f}%, acc_norm {100 * acc_norm:.1f}% (chance 25%) "
+          f"in {time.perf_counter() - started:.1f} s; more: compactlm eval --checkpoint {checkpoint} --tasks local")
+    return entry
+
+
 def run_demo() -> None:
     import torch
 
@@ -92,6 +116,7 @@ def run_demo() -> None:
           f"(token frequencies alone): the model predicts {math.exp(baseline - last['val_loss']):.1f}x better "
           f"per token; {last['val_bpb']:.2f} bits per byte of text")
     print("loss curves written to loss.png")
+    local_eval = _evaluate_local(checkpoint)
 
     _section("4/4 sample (temperature 0.8, top-k 40)")
     model, tokenizer = from_pretrained(checkpoint), load_tokenizer(checkpoint)
@@ -109,6 +134,8 @@ def run_demo() -> None:
             ("validation loss", f"{last['val_loss']:.3f} (perplexity {last['val_ppl']:.1f})"),
             ("unigram baseline", f"{baseline:.3f}"),
             ("bits per byte", f"{last['val_bpb']:.3f}"),
+            ("compactlm_facts (lm-eval)", "skipped" if local_eval is None else
+             f"acc {100 * local_eval['acc']:.1f}%, acc_norm {100 * local_eval['value']:.1f}% (chance 25%)"),
             ("checkpoint", f"{checkpoint}  (compactlm convert to-hf --checkpoint ... --out ...)"),
             ("wall time", f"{time.perf_counter() - started:.0f} s")]
     width = max(len(k) for k, _ in rows)
