@@ -245,16 +245,14 @@ def setup_from_train_config(train_config, ranks: int, micro_batch: int | None = 
 
 def _vocab_size(train_config) -> int:
     """The tokenizer's vocabulary if the config's tokenizer or first dataset can be read, else Llama-2's 32000."""
-    import json
     from pathlib import Path
 
     from compactlm.tokenizer import Tokenizer
+    from compactlm.train import manifest_tokenizer
 
     path = train_config.data.tokenizer
-    if not path and train_config.data.datasets:
-        manifest = Path(train_config.data.datasets[0].path) / "manifest.json"
-        if manifest.is_file():
-            path = json.loads(manifest.read_text())["tokenizer"]["path"]
+    if not path and train_config.data.datasets and (Path(train_config.data.datasets[0].path) / "manifest.json").is_file():
+        path = manifest_tokenizer(train_config.data.datasets[0].path)
     if path and Path(path).exists():
         return Tokenizer(path).vocab_size
     return 32000

@@ -232,6 +232,14 @@ def lm_loss(model: Transformer, batch: torch.Tensor, fused: bool = True) -> torc
     return model(batch[:, :-1], batch[:, 1:], fused_loss=fused)
 
 
+def manifest_tokenizer(directory: Path) -> str:
+    """The tokenizer a prepared dataset directory was made with (recorded in its manifest.json)."""
+    manifest = Path(directory) / "manifest.json"
+    if not manifest.is_file():
+        raise TrainingError(f"{directory}: no manifest.json; set data.tokenizer for lit-gpt data")
+    return json.loads(manifest.read_text())["tokenizer"]["path"]
+
+
 # ---- checkpoints ---------------------------------------------------------------------------------
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (temporary directories start with a dot)."""
@@ -274,7 +282,7 @@ class Trainer:
         data = self.config.data
         if not data.datasets:
             raise TrainingError("data.datasets is empty: list prepared dataset directories with weights")
-        tokenizer_path = data.tokenizer or self._manifest_tokenizer(Path(data.datasets[0].path))
+        tokenizer_path = data.tokenizer or manifest_tokenizer(Path(data.datasets[0].path))
         self.tokenizer = Tokenizer(tokenizer_path)
         self.mixture = Mixture(data.datasets, data.seq_len, data.seed, data.val_fraction,
                                tokenizer_hash=self.tokenizer.hash)
@@ -289,13 +297,6 @@ class Trainer:
         if self.max_steps <= 0:
             raise TrainingError("set train.max_steps or train.max_tokens")
         self.decay_steps = train.lr_decay_steps or self.max_steps
-
-    @staticmethod
-    def _manifest_tokenizer(directory: Path) -> str:
-        manifest = directory / "manifest.json"
-        if not manifest.is_file():
-            raise TrainingError(f"{directory}: no manifest.json; set data.tokenizer for lit-gpt data")
-        return json.loads(manifest.read_text())["tokenizer"]["path"]
 
     def _setup_model(self) -> None:
         self.model_config = self.config.model.build_config(self.tokenizer.vocab_size, self.config.data.seq_len,
@@ -327,6 +328,8 @@ class Trainer:
         barrier(self.world)
         found = checkpoint_dirs(self.run_dir)
         if not found:
+            if self.world.is_main:
+                self._truncate_metrics(0)  # a start killed before its first checkpoint logged steps
             self.console(f"no checkpoint in {self.run_dir / 'checkpoints'}: starting from scratch")
             return
         path = found[-1]

@@ -218,3 +218,16 @@ def test_bf16_autocast_trains_with_float32_master_weights(tiny_dataset, tmp_path
     assert trainer.amp_dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert last["loss"] < first - 0.5
+
+
+def test_resume_before_the_first_checkpoint_logs_every_step_once(tiny_dataset, tmp_path):
+    """A run killed before its first checkpoint restarts from scratch: its logged steps are dropped."""
+    run_dir = tmp_path / "run"
+    config = tiny_train_config(tiny_dataset, run_dir, **{"train.max_steps": 6, "checkpoint_every": 100})
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3)))
+    train(config, resume=True, console=quiet)
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert 9.0 not in losses(run_dir).values()

@@ -1,0 +1,385 @@
+"""Ladder points: planning, running (resumable, in parallel processes) and the final evaluation.
+
+Each point is a normal training run directory, `OUT/points/<name>/`, trained by `compactlm.train.train`
+with the base config and the point's size, step count and schedule. When training returns, the point
+is evaluated on a fixed validation set (the base config's held-out blocks, `eval_samples` of them, the
+same for every point) and `ladder_result.json` is written atomically: that file marks a finished point.
+A re-run skips finished points and resumes the others from their newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compactlm.configuration import from_dict, to_dict
+from compactlm.errors import CompactlmError
+from compactlm.fileio import atomic_write
+from compactlm.ladder.config import LadderConfig, LadderError, SizeSpec
+
+RESULT_FILE = "ladder_result.json"
+LOG_FILE = "train.log"
+
+
+@dataclass
+class Point:
+    name: str
+    size: str  # the size's label (ablations: the knob value's label)
+    n_params: int  # non-embedding parameters: the N of the fits
+    total_params: int
+    flops_per_token: float  # training FLOPs per token, model.flops_per_token(seq_len)
+    tokens: int  # D: tokens trained (steps x global batch x seq_len)
+    steps: int
+    seq_len: int
+    budget: float | None = None  # isoflop: the compute budget this point spends
+    value: typing.Any = None  # ablation: the knob's value
+    seed: int | None = None
+    train_config: dict = field(default_factory=dict, repr=False)  # the resolved TrainConfig, as a dict
+
+    def flops(self, measure: str = "model") -> float:
+        """Training compute C: flops_per_token x D (model) or 6 N D (6nd)."""
+        return self.flops_per_token * self.tokens if measure == "model" else 6.0 * self.n_params * self.tokens
+
+    @property
+    def spec_hash(self) -> str:
+        """What the point trains (its resolved config, run directory aside): a finished point must match it."""
+        cfg = {k: v for k, v in self.train_config.items() if k not in ("run_dir",)}
+        for key in ("checkpoint_every", "keep_checkpoints", "log_every", "tensorboard", "eval_every", "eval_samples"):
+            cfg.pop(key, None)
+        cfg["train"] = {k: v for k, v in cfg["train"].items() if k not in ("micro_batch", "kernels")}
+        return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---- planning -------------------------------------------------------------------------------------
+def _set_key(data: dict, key: str, value, source: str) -> None:
+    """Set a dotted key of a config dict; `data.weights` sets the datasets' weights in order."""
+    if key == "data.weights":
+        datasets = data["data"]["datasets"]
+        if not isinstance(value, list) or len(value) != len(datasets):
+            raise LadderError(f"{source}: data.weights needs a list of {len(datasets)} weights, got {value!r}")
+        for entry, weight in zip(datasets, value):
+            entry["weight"] = float(weight)
+        return
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise LadderError(f"{source}: {key}: {part} is not a section of the train config")
+        node = node[part]
+    if parts[-1] not in node:
+        raise LadderError(f"{source}: {key} is not a train-config key")
+    node[parts[-1]] = value
+
+
+def _format_count(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _value_label(value) -> str:
+    text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+    return "".join(c if c.isalnum() or c in ".-_+" else "_" for c in text).strip("_") or "value"
+
+
+def base_vocab_size(base) -> int:
+    from compactlm.tokenizer import Tokenizer
+    from compactlm.train import manifest_tokenizer
+
+    if not base.data.datasets:
+        raise LadderError("the base train config has no data.datasets")
+    path = base.data.tokenizer or manifest_tokenizer(Path(base.data.datasets[0].path))
+    return Tokenizer(path).vocab_size
+
+
+def plan_points(config: LadderConfig, base, source: str = "ladder config") -> list[Point]:
+    """The points of a study, in the order they are run (cheapest first)."""
+    from compactlm.train import TrainConfig
+
+    vocab = base_vocab_size(base)
+    base_dict = to_dict(base)
+    out = Path(config.out_dir)
+
+    def make(name: str, size: SizeSpec | None, tokens: float, label: str, changes: dict, budget=None,
+             value=None, seed=None, strict: bool = True) -> Point | None:
+        data = json.loads(json.dumps(base_dict))
+        if size is not None:
+            data["model"].update(size.shape())
+        for key, val in changes.items():
+            _set_key(data, key, val, source)
+        seq_len = data["data"]["seq_len"]
+        per_step = data["train"]["global_batch"] * seq_len
+        steps = max(1, round(tokens / per_step))
+        if steps < config.min_steps:
+            if not strict:
+                return None
+            raise LadderError(f"{source}: point {name}: {tokens:,.0f} tokens are {steps} optimizer steps of "
+                              f"{per_step:,} tokens, fewer than min_steps {config.min_steps}")
+        data["run_dir"] = str(out / "points" / name)
+        data["train"].update(max_steps=steps, max_tokens=0, lr_decay_steps=steps)
+        data["optim"]["warmup_steps"] = max(1, round(config.warmup_fraction * steps))
+        data["checkpoint_every"] = config.checkpoint_every
+        data["eval_every"] = steps  # one validation, at the end (the ladder evaluates again, on more blocks)
+        try:
+            train_config = from_dict(TrainConfig, data, source)
+            model = train_config.model.build_config(vocab, seq_len)
+        except CompactlmError as exc:
+            raise LadderError(f"{source}: point {name}: {exc}") from None
+        return Point(name=name, size=label, n_params=model.non_embedding_params, total_params=model.num_params,
+                     flops_per_token=float(model.flops_per_token(seq_len)), tokens=steps * per_step, steps=steps,
+                     seq_len=seq_len, budget=budget, value=value, seed=seed, train_config=to_dict(train_config))
+
+    points: list[Point] = []
+    if config.mode == "ablation":
+        a = config.ablation
+        labels = a.labels or [_value_label(v) for v in a.values]
+        knob = a.knob.split(".")[-1] if a.knob != "data.weights" else "weights"
+        for value, label in zip(a.values, labels):
+            for seed in a.seeds:
+                changes = {a.knob: value, **{k: seed for k in a.seed_keys}}
+                points.append(make(f"{knob}={label}-seed{seed}", a.size, a.tokens, label, changes,
+                                   value=value, seed=seed))
+    elif config.mode == "grid":
+        for size in config.sizes:
+            for tokens in config.tokens:
+                points.append(make(f"{size.label()}-{_format_count(tokens)}", size, tokens, size.label(), {}))
+    else:
+        for size in config.sizes:
+            probe = make(f"{size.label()}-probe", size, 1e30, size.label(), {})
+            for budget in config.budgets:
+                tokens = budget / (probe.flops_per_token if config.flops == "model" else 6.0 * probe.n_params)
+                if config.tokens_per_param:
+                    low, high = config.tokens_per_param
+                    if not low <= tokens / probe.n_params <= high:
+                        continue
+                point = make(f"{size.label()}-C{budget:.2g}".replace("+", ""), size, tokens, size.label(), {},
+                             budget=budget, strict=False)
+                if point is not None:
+                    points.append(point)
+        if not points:
+            raise LadderError(f"{source}: no isoFLOP point left (all below min_steps or outside tokens_per_param)")
+    names = [p.name for p in points]
+    if len(set(names)) != len(names):
+        raise LadderError(f"{source}: points share names ({', '.join(sorted({n for n in names if names.count(n) > 1}))})"
+                          "; give the sizes distinct names or use budgets further apart")
+    return sorted(points, key=lambda p: -p.flops())  # the longest first: parallel jobs finish together
+
+
+# ---- state of a point ------------------------------------------------------------------------------
+def point_dir(point: Point) -> Path:
+    return Path(point.train_config["run_dir"])
+
+
+def eval_spec(config: LadderConfig, base) -> dict:
+    """The fixed validation set: the base config's data, held-out blocks, `eval_samples` of them."""
+    return {"datasets": [dataclasses.asdict(d) for d in base.data.datasets], "seq_len": base.data.seq_len,
+            "seed": base.data.seed, "val_fraction": base.data.val_fraction, "samples": config.eval_samples}
+
+
+def read_result(point: Point) -> dict | None:
+    path = point_dir(point) / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None  # cannot happen with atomic writes; treat as unfinished
+
+
+def point_state(point: Point, evaluation: dict) -> str:
+    """done | evaluate (trained, validation set changed) | resume | new."""
+    from compactlm.train import checkpoint_dirs
+
+    result = read_result(point)
+    if result is not None:
+        if result.get("spec_hash") != point.spec_hash:
+            raise LadderError(f"{point_dir(point)}: finished with a different config than this ladder's; "
+                              "use another out_dir, or delete the point to retrain it")
+        return "done" if result.get("eval") == evaluation else "evaluate"
+    return "resume" if checkpoint_dirs(point_dir(point)) else "new"
+
+
+# ---- running --------------------------------------------------------------------------------------
+def _final_checkpoint(run_dir: Path, steps: int) -> Path:
+    from compactlm.train import checkpoint_dirs
+
+    found = checkpoint_dirs(run_dir)
+    if not found or int(found[-1].name[5:]) != steps:
+        raise LadderError(f"{run_dir}: training returned without a checkpoint of step {steps}")
+    return found[-1]
+
+
+def evaluate_checkpoint(checkpoint: Path, evaluation: dict, precision: str = "auto", device: str = "cpu") -> dict:
+    """Mean next-token loss (nats) and bits per byte of a checkpoint on the ladder's validation blocks."""
+    import torch
+
+    from compactlm.checkpoint import from_pretrained
+    from compactlm.data.mixture import Mixture, MixtureSource
+    from compactlm.tokenizer import load_tokenizer
+    from compactlm.train import autocast_dtype, lm_loss, resolve_device
+
+    dev = resolve_device(device)
+    model = from_pretrained(checkpoint, device=dev).eval()
+    tokenizer = load_tokenizer(checkpoint)
+    mixture = Mixture([MixtureSource(**d) for d in evaluation["datasets"]], evaluation["seq_len"],
+                      evaluation["seed"], evaluation["val_fraction"], tokenizer_hash=tokenizer.hash)
+    samples = torch.from_numpy(mixture.val_samples(evaluation["samples"]))
+    if not len(samples):
+        raise LadderError(f"{checkpoint}: the validation set is empty (raise data.val_fraction)")
+    amp = autocast_dtype(precision, dev)
+    total = 0.0
+    with torch.no_grad():
+        for chunk in samples.split(16):
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                total += lm_loss(model, chunk.to(dev)).item() * len(chunk)
+    loss = total / len(samples)
+    targets = samples[:, 1:]
+    n_bytes = sum(len(tokenizer.decode(row.tolist()).encode("utf-8")) for row in targets)
+    return {"val_loss": loss, "val_bpb": loss / math.log(2) * targets.numel() / n_bytes,
+            "val_blocks": len(samples), "val_tokens": int(targets.numel())}
+
+
+def _last_train_loss(run_dir: Path, steps: int) -> float | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    tail = [r["loss"] for r in records if "loss" in r and r["step"] > steps - max(1, steps // 20)]
+    return sum(tail) / len(tail) if tail else None
+
+
+def run_point(payload: dict) -> dict:
+    """Train (or resume) one point, evaluate it, write its result atomically. Runs in a worker process."""
+    import torch
+
+    from compactlm.train import TrainConfig, checkpoint_dirs, train
+
+    if payload.get("threads"):
+        torch.set_num_threads(payload["threads"])
+    point = Point(**payload["point"])
+    run_dir = point_dir(point)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    resumed_from = 0
+    with open(run_dir / LOG_FILE, "a") as log:
+        def console(*args):
+            print(*args, file=log, flush=True)
+
+        if not payload.get("evaluate_only"):
+            found = checkpoint_dirs(run_dir)
+            resumed_from = int(found[-1].name[5:]) if found else 0
+            config = from_dict(TrainConfig, point.train_config, str(run_dir))
+            train(config, resume=True, console=console)
+        checkpoint = _final_checkpoint(run_dir, point.steps)
+        metrics = evaluate_checkpoint(checkpoint, payload["eval"], point.train_config["train"]["precision"],
+                                      point.train_config["device"])
+        console(f"ladder evaluation: {metrics}")
+    previous = read_result(point) or {}
+    seconds = time.perf_counter() - started
+    result = {"name": point.name, "spec_hash": point.spec_hash, "eval": payload["eval"],
+              **{k: v for k, v in dataclasses.asdict(point).items() if k != "train_config"},
+              "flops_model": point.flops("model"), "flops_6nd": point.flops("6nd"), **metrics,
+              "train_loss": _last_train_loss(run_dir, point.steps), "checkpoint": str(checkpoint),
+              "seconds": previous.get("seconds", 0.0) + seconds if payload.get("evaluate_only") else seconds,
+              "resumed_from_step": resumed_from, "threads": payload.get("threads") or torch.get_num_threads()}
+    atomic_write(run_dir / RESULT_FILE, [json.dumps(result, indent=2).encode() + b"\n"])
+    return result
+
+
+def run_points(points: list[Point], config: LadderConfig, evaluation: dict, console=print) -> list[str]:
+    """Train the unfinished points, `config.jobs` at a time; returns the names of points that failed."""
+    states = {p.name: point_state(p, evaluation) for p in points}
+    todo = [p for p in points if states[p.name] != "done"]
+    done = len(points) - len(todo)
+    if done:
+        console(f"{done} of {len(points)} points already finished: skipped")
+    if not todo:
+        return []
+    jobs = min(config.jobs, len(todo))
+    threads = config.threads or max(1, (os.cpu_count() or 1) // jobs)
+    console(f"training {len(todo)} points, {jobs} at a time, {threads} torch thread(s) each "
+            f"(logs: <point>/{LOG_FILE})")
+    payloads = [{"point": {k: v for k, v in dataclasses.asdict(p).items()}, "eval": evaluation, "threads": threads,
+                 "evaluate_only": states[p.name] == "evaluate"} for p in todo]
+    failed: list[str] = []
+    started = time.perf_counter()
+
+    def report(i: int, point: Point, result: dict | None, error: BaseException | None) -> None:
+        elapsed = time.perf_counter() - started
+        if error is not None:
+            failed.append(point.name)
+            console(f"[{i}/{len(todo)}] {point.name}: FAILED ({error}) [{elapsed:.0f} s]")
+        else:
+            how = {"resume": " (resumed)", "evaluate": " (re-evaluated)"}.get(states[point.name], "")
+            console(f"[{i}/{len(todo)}] {point.name}{how}: N {point.n_params:,}, D {point.tokens:,}: "
+                    f"val loss {result['val_loss']:.4f} in {result['seconds']:.0f} s [{elapsed:.0f} s]")
+
+    if jobs == 1:
+        for i, (point, payload) in enumerate(zip(todo, payloads), 1):
+            console(f"[{i}/{len(todo)}] {point.name}: {states[point.name]}, {point.steps} steps ...")
+            try:
+                result = run_point(payload)
+            except CompactlmError as exc:
+                if _interrupted(exc):  # Ctrl-C / SIGTERM: the trainer checkpointed; stop the ladder too
+                    raise LadderError(f"{point.name}: {exc}; re-run the ladder to resume") from None
+                report(i, point, None, exc)
+                continue
+            report(i, point, result, None)
+        return failed
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {pool.submit(run_point, payload): point for point, payload in zip(todo, payloads)}
+        try:
+            for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                error = future.exception()
+                if error is not None and (not isinstance(error, CompactlmError) or _interrupted(error)):
+                    raise error
+                report(i, futures[future], None if error else future.result(), error)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return failed
+
+
+def _interrupted(exc: BaseException) -> bool:
+    return "stopped by signal" in str(exc)
+
+
+def load_base(config: LadderConfig, config_path: str | Path | None):
+    from compactlm.ladder.config import resolve_base
+    from compactlm.train import load_train_config
+
+    return load_train_config(str(resolve_base(config, config_path)), config.overrides)
+
+
+def run_ladder(config: LadderConfig, config_path: str | Path | None = None, console=print, train_points: bool = True,
+               report: bool = True) -> dict:
+    """Plan, train the unfinished points, fit and write the report; returns the report's data."""
+    base = load_base(config, config_path)
+    points = plan_points(config, base, str(config_path or "ladder config"))
+    evaluation = eval_spec(config, base)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    failed = run_points(points, config, evaluation, console) if train_points else []
+    results = {p.name: r for p in points if (r := read_result(p)) is not None and r.get("spec_hash") == p.spec_hash}
+    summary = {"points": len(points), "finished": len(results), "failed": failed,
+               "seconds": time.perf_counter() - started}
+    if report:
+        from compactlm.ladder.report import write_report
+
+        summary.update(write_report(config, points, results, out, config_path=config_path, console=console))
+    if failed:
+        raise LadderError(f"{len(failed)} point(s) failed: {', '.join(failed)} (see their {LOG_FILE}); "
+                          "re-run the same command to resume them")
+    return summary

@@ -1,0 +1,483 @@
+"""`OUT/ladder.md`, `OUT/ladder.json` and the PNG plots, written atomically from the finished points."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from compactlm.fileio import atomic_write
+from compactlm.ladder import fit as F
+from compactlm.ladder.config import LadderConfig
+from compactlm.ladder.grid import Point
+
+PLOTS = {"loss_vs_tokens": "loss_vs_tokens.png", "isoflop": "isoflop.png", "law_fit": "law_fit.png",
+         "residuals": "residuals.png", "extrapolation": "extrapolation.png", "ablation": "ablation.png"}
+
+
+# ---- formatting ---------------------------------------------------------------------------------
+def _num(x: float, digits: int = 3) -> str:
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{x:.{digits}g}"
+
+
+def _count(x: float) -> str:
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _ci(values, confidence: float, fmt=_num) -> str:
+    low, high = F.interval(values, confidence)
+    return f"[{fmt(low)}, {fmt(high)}]" if np.isfinite(low) else "n/a"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ---- plots ----------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=120)
+    _pyplot().close(fig)
+    atomic_write(path, [buffer.getvalue()])
+
+
+def _sizes(rows):
+    order = sorted({(r["n_params"], r["size"]) for r in rows})
+    cmap = _pyplot().get_cmap("viridis")
+    return {label: cmap(i / max(1, len(order) - 1) * 0.9) for i, (_, label) in enumerate(order)}, order
+
+
+def plot_loss_vs_tokens(rows, law, out: Path) -> None:
+    plt = _pyplot()
+    colors, order = _sizes(rows)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for n, label in order:
+        mine = sorted((r["tokens"], r["val_loss"]) for r in rows if r["size"] == label)
+        ax.plot(*zip(*mine), "o-", color=colors[label], label=f"{label} (N {_count(n)})")
+        if law is not None:
+            d = np.logspace(math.log10(min(t for t, _ in mine)) - 0.3, math.log10(max(t for t, _ in mine)) + 0.3, 50)
+            ax.plot(d, law.predict(n, d), "--", color=colors[label], alpha=0.6, lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens trained D")
+    ax.set_ylabel("final validation loss (nats/token)")
+    ax.set_title("loss vs tokens per size" + (" (dashed: fitted law)" if law is not None else ""))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    _save(fig, out)
+
+
+def plot_isoflop(groups, approach2, law, flops, window: int, out: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    cmap = plt.get_cmap("plasma")
+    budgets = sorted(groups)
+    for i, (budget, minimum) in enumerate(zip(budgets, approach2["minima"])):
+        ns, _, ls = groups[budget]
+        color = cmap(i / max(1, len(budgets) - 1) * 0.85)
+        ax.plot(ns, ls, "o", color=color, label=f"C = {_num(budget, 2)} FLOPs")
+        if minimum["valid"]:
+            c2, c1, c0 = minimum["coef"]
+            used = [ns[j] for j in F.around_minimum(ns, ls, window)]
+            x = np.linspace(math.log(min(used)) - 0.3, math.log(max(used)) + 0.3, 80)
+            ax.plot(np.exp(x), c0 + c1 * x + c2 * x ** 2, "-", color=color, alpha=0.7)
+            ax.plot([minimum["N"]], [minimum["loss"]], "*", ms=14, color=color, mec="black",
+                    label=f"  parabola minimum N* {_count(minimum['N'])}" + ("" if minimum["inside"] else " (outside)"))
+        if law is not None:
+            n_star, _, l_star = F.compute_optimal(law, budget, flops)
+            ax.plot([n_star], [l_star], "D", ms=6, mfc="none", color=color)
+    if law is not None:
+        ax.plot([], [], "D", mfc="none", color="gray", label="law's optimum (approach 3)")
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("final validation loss (nats/token)")
+    ax.set_title("isoFLOP profiles with fitted minima (approach 2)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    _save(fig, out)
+
+
+def plot_law_fit(rows, law, r2: float, out: Path) -> None:
+    plt = _pyplot()
+    colors, order = _sizes(rows)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    measured = np.array([r["val_loss"] for r in rows])
+    for _, label in order:
+        mine = [r for r in rows if r["size"] == label]
+        ax.plot([float(law.predict(r["n_params"], r["tokens"])) for r in mine], [r["val_loss"] for r in mine], "o",
+                color=colors[label], label=label)
+    lo, hi = measured.min() - 0.05, measured.max() + 0.05
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.set_xlabel("predicted L(N, D)")
+    ax.set_ylabel("measured validation loss")
+    ax.set_title(f"fitted law vs measured points (R² {r2:.3f})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, out)
+
+
+def plot_residuals(rows, law, out: Path) -> None:
+    plt = _pyplot()
+    colors, order = _sizes(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for _, label in order:
+        mine = [r for r in rows if r["size"] == label]
+        res = [100 * (r["val_loss"] / float(law.predict(r["n_params"], r["tokens"])) - 1) for r in mine]
+        axes[0].plot([r["n_params"] for r in mine], res, "o", color=colors[label], label=label)
+        axes[1].plot([r["tokens"] for r in mine], res, "o", color=colors[label])
+    for ax, xlabel in zip(axes, ("non-embedding parameters N", "tokens trained D")):
+        ax.axhline(0, color="black", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("residual: measured / predicted - 1 (%)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("residuals of the fitted law")
+    _save(fig, out)
+
+
+def plot_extrapolation(law, boots, flops, target: dict, name: str, confidence: float, out: Path) -> None:
+    plt = _pyplot()
+    rule = 20 * target["N"]  # Chinchilla's rule of thumb, for reference
+    d = np.logspace(math.log10(min(target["D_opt"], rule)) - 1.0, math.log10(max(target["D"], target["D_opt"])) + 0.7, 120)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    ax.plot(d, law.predict(target["N"], d), color="tab:blue", label=f"predicted L({name}, D)")
+    if boots:
+        curves = np.array([b.predict(target["N"], d) for b in boots])
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.percentile(curves, [tail, 100 - tail], axis=0)
+        ax.fill_between(d, low, high, color="tab:blue", alpha=0.2, label=f"{confidence:.0%} bootstrap band")
+    ax.axvline(target["D_opt"], color="tab:green", ls="--",
+               label=f"compute-optimal D {_count(target['D_opt'])} ({target['tokens_per_param_opt']:.0f} tokens/param)")
+    ax.axvline(target["D"], color="tab:red", ls="--", label=f"trained D {_count(target['D'])}")
+    ax.axvline(rule, color="gray", ls="-.", lw=1, label=f"20 tokens/param (Chinchilla's rule of thumb) {_count(rule)}")
+    ax.axhline(target["loss_star"], color="gray", ls=":",
+               label=f"loss of the compute-optimal model at equal compute (N {_count(target['N_star'])})")
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens trained D")
+    ax.set_ylabel("predicted loss (this corpus, nats/token)")
+    ax.set_title(f"{name} (N {_count(target['N'])} non-embedding): extrapolated, very uncertain")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    _save(fig, out)
+
+
+def plot_ablation(groups: list[tuple[str, list[float]]], knob: str, out: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(groups) + 2), 4.5))
+    for i, (label, losses) in enumerate(groups):
+        ax.plot([i] * len(losses), losses, "o", color="tab:blue", alpha=0.6)
+        if len(losses) > 1:
+            ax.errorbar([i + 0.12], [np.mean(losses)], yerr=[np.std(losses, ddof=1)], fmt="s", color="black", capsize=4)
+    ax.set_xticks(range(len(groups)), [g[0] for g in groups])
+    ax.set_xlabel(knob)
+    ax.set_ylabel("final validation loss (nats/token)")
+    ax.set_title(f"ablation of {knob}: seeds (dots), mean ± std (squares)")
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, out)
+
+
+# ---- analysis -----------------------------------------------------------------------------------
+def flops_curve(config: LadderConfig, rows: list[dict]) -> F.FlopsCurve:
+    """F(N) for the compute-optimal analysis: 6N, or the model count between the ladder's shapes and the
+    target's family (the presets above the ladder's largest size, at the target's vocabulary and context)."""
+    if config.flops == "6nd":
+        return F.FlopsCurve()
+    from compactlm.config import PRESETS, get_preset
+
+    anchors = [(r["n_params"], r["flops_per_token"]) for r in rows]
+    largest = max(n for n, _ in anchors)
+    target = get_preset(config.fit.target, vocab_size=config.fit.target_vocab, max_seq_len=config.fit.target_seq_len)
+    for name in PRESETS:
+        cfg = get_preset(name, vocab_size=config.fit.target_vocab, max_seq_len=config.fit.target_seq_len)
+        if cfg.non_embedding_params > 4 * largest or name == config.fit.target:
+            anchors.append((cfg.non_embedding_params, cfg.flops_per_token(config.fit.target_seq_len)))
+    anchors.append((target.non_embedding_params, target.flops_per_token(config.fit.target_seq_len)))
+    return F.FlopsCurve(anchors)
+
+
+def ablation_table(rows: list[dict], labels: list[str], confidence: float = 0.95) -> tuple[list, list]:
+    from scipy import stats
+
+    groups = [(label, [r["val_loss"] for r in rows if r["size"] == label]) for label in labels]
+    groups = [(label, losses) for label, losses in groups if losses]
+    table = []
+    ref_label, ref = groups[0]
+    for label, losses in groups:
+        mean, std = float(np.mean(losses)), float(np.std(losses, ddof=1)) if len(losses) > 1 else float("nan")
+        row = {"value": label, "n": len(losses), "mean": mean, "std": std, "delta": mean - float(np.mean(ref))}
+        if label != ref_label and len(losses) > 1 and len(ref) > 1:
+            se = math.sqrt(np.var(losses, ddof=1) / len(losses) + np.var(ref, ddof=1) / len(ref))
+            p = float(stats.ttest_ind(losses, ref, equal_var=False).pvalue) if se > 0 else float("nan")
+            row.update(se=se, p=p, significant=bool(abs(row["delta"]) > 2 * se))
+        table.append(row)
+    return table, groups
+
+
+# ---- the report -----------------------------------------------------------------------------------
+def write_report(config: LadderConfig, points: list[Point], results: dict[str, dict], out: Path,
+                 config_path=None, console=print) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [results[p.name] for p in points if p.name in results]
+    rows.sort(key=lambda r: (r["n_params"], r["tokens"], str(r.get("value")), r.get("seed") or 0))
+    conf = config.fit.confidence
+    data: dict = {"mode": config.mode, "flops": config.flops, "points": rows, "planned": len(points)}
+    md = [f"# Ladder report: {config.out_dir}\n",
+          f"`compactlm ladder {config_path or '<config>'}`: {config.mode} study, {len(rows)} of {len(points)} "
+          f"points finished. Base train config `{config.base}`"
+          + (f" with {' '.join(f'`{o}`' for o in config.overrides)}" if config.overrides else "") + ".\n",
+          "N counts non-embedding parameters (transformer blocks and final norm; not the embedding or the head). "
+          + ("C = flops_per_token(seq_len) x D: the model's training FLOPs per token (6 x the weights of every "
+             "matmul, the output head included, plus attention scores), times the tokens trained."
+             if config.flops == "model" else "C = 6 N D (the Kaplan/Chinchilla approximation).")
+          + f" Loss: mean next-token cross-entropy (nats) on the same {rows[0]['val_blocks'] if rows else '?'} "
+          "held-out blocks for every point, after the run's last step.\n"]
+    written = []
+
+    def plot(key: str, fn, *args) -> None:
+        fn(*args, out / PLOTS[key])
+        written.append(PLOTS[key])
+
+    law = None
+    if rows and config.mode != "ablation":
+        md += ["## Points\n"]
+    if config.mode == "ablation":
+        md += _ablation_section(config, rows, plot, data)
+    elif len(rows) >= 5:
+        md += _scaling_sections(config, rows, plot, data, conf)
+        law = data.get("law")
+    else:
+        md.append(_points_table(rows, None))
+        md.append(f"\nToo few finished points to fit ({len(rows)}; 5 parameters need at least 5).\n")
+        if rows:
+            plot("loss_vs_tokens", plot_loss_vs_tokens, rows, None)
+    md += ["\n## Plots\n"] + [f"![{name}]({name})\n" for name in written]
+    data.pop("law", None)
+    report = out / "ladder.md"
+    atomic_write(out / "ladder.json", [json.dumps(data, indent=2, default=_json_default).encode() + b"\n"])
+    atomic_write(report, ["\n".join(md).encode()])
+    console(f"wrote {report}, {out / 'ladder.json'} and {len(written)} plot(s)")
+    return {"report": str(report), "plots": written, "law": law.as_dict() if law is not None else None}
+
+
+def _json_default(x):
+    if isinstance(x, F.LawFit):
+        return x.as_dict()
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return str(x)
+
+
+def _points_table(rows: list[dict], law) -> str:
+    header = ["point", "N", "params (all)", "D", "D/N", "steps", "C (FLOPs)", "val loss", "bits/byte"]
+    if law is not None:
+        header += ["law", "residual"]
+    header.append("train time")
+    body = []
+    for r in rows:
+        row = [r["name"], f"{r['n_params']:,}", f"{r['total_params']:,}", f"{r['tokens']:,}",
+               f"{r['tokens'] / r['n_params']:.1f}", str(r["steps"]), _num(r["flops_model"]), f"{r['val_loss']:.4f}",
+               f"{r['val_bpb']:.3f}"]
+        if law is not None:
+            predicted = float(law.predict(r["n_params"], r["tokens"]))
+            row += [f"{predicted:.4f}", f"{100 * (r['val_loss'] / predicted - 1):+.2f}%"]
+        row.append(f"{r['seconds']:.0f} s")
+        body.append(row)
+    return _table(header, body)
+
+
+def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: dict, conf: float) -> list[str]:
+    fit_cfg = config.fit
+    rows = [r for r in all_rows if r["steps"] >= fit_cfg.min_steps]
+    left_out = [r["name"] for r in all_rows if r["steps"] < fit_cfg.min_steps]
+    data["left_out_of_fits"] = left_out
+    if len(rows) < 5:
+        return [_points_table(all_rows, None),
+                f"\nToo few points with at least fit.min_steps {fit_cfg.min_steps} steps to fit ({len(rows)}).\n"]
+    N = np.array([r["n_params"] for r in rows], float)
+    D = np.array([r["tokens"] for r in rows], float)
+    L = np.array([r["val_loss"] for r in rows], float)
+    law = F.fit_law(N, D, L, fit_cfg.huber_delta, fit_cfg.starts)
+    boots = F.bootstrap_law(N, D, L, fit_cfg.bootstrap, fit_cfg.seed, fit_cfg.huber_delta, around=law)
+    predicted = law.predict(N, D)
+    rel = L / predicted - 1
+    r2, r2_log = F.r_squared(L, predicted), F.r_squared(np.log(L), np.log(predicted))
+    data.update(law=law, fit=law.as_dict(), r2=r2, r2_log=r2_log, rms_residual=float(np.sqrt(np.mean(rel ** 2))),
+                max_residual=float(np.abs(rel).max()), bootstrap=[b.as_dict() for b in boots])
+    md = [_points_table(all_rows, law)]
+    if left_out:
+        md.append(f"\nLeft out of the fits (fewer than fit.min_steps = {fit_cfg.min_steps} optimizer steps): "
+                  f"{', '.join(left_out)}.\n")
+    md += ["\n## Fit: L(N, D) = E + A / N^alpha + B / D^beta (Chinchilla approach 3)\n",
+           f"Huber loss (delta {fit_cfg.huber_delta:g}) on log-loss residuals, log-sum-exp parametrisation, "
+           f"L-BFGS from the {fit_cfg.starts} best points of Chinchilla's initialisation grid. "
+           f"{conf:.0%} intervals: {len(boots)} bootstrap refits (points resampled with replacement).\n"]
+    params = [("E", "irreducible loss"), ("A", ""), ("alpha", "N exponent"), ("B", ""), ("beta", "D exponent"),
+              ("a", "N*(C) ~ C^a, = beta/(alpha+beta)"), ("b", "D*(C) ~ C^b, = alpha/(alpha+beta)")]
+    fitted = law.as_dict()
+    md.append(_table(["parameter", "fit", f"{conf:.0%} CI", "meaning"],
+                     [[k, _num(fitted[k], 4), _ci([b.as_dict()[k] for b in boots], conf), meaning]
+                      for k, meaning in params]))
+    md.append(f"\nQuality: R² {r2:.4f} on the losses ({r2_log:.4f} on log-losses); residuals (measured / predicted - 1): "
+              f"RMS {100 * data['rms_residual']:.2f}%, largest {100 * data['max_residual']:.2f}% "
+              f"({rows[int(np.abs(rel).argmax())]['name']}). {len(rows)} points for 5 parameters.\n")
+    plot("loss_vs_tokens", plot_loss_vs_tokens, rows, law)
+    plot("law_fit", plot_law_fit, rows, law, r2)
+    plot("residuals", plot_residuals, rows, law)
+
+    flops = flops_curve(config, rows)
+    md += ["\n## Compute-optimal scaling\n",
+           f"Approach 3 (from the fit): N*(C) ~ C^{law.a:.3f}, D*(C) ~ C^{law.b:.3f} under C = 6ND "
+           f"({conf:.0%} CI a {_ci([b.a for b in boots], conf)}, b {_ci([b.b for b in boots], conf)}).\n"]
+    groups: dict[float, tuple[list, list, list]] = {}
+    for r in rows:
+        if r.get("budget"):
+            ns, fs, ls = groups.setdefault(r["budget"], ([], [], []))
+            ns.append(r["n_params"]), fs.append(r["flops_per_token"]), ls.append(r["val_loss"])
+    groups = {c: g for c, g in groups.items() if len(set(g[0])) >= 3}
+    if groups:
+        window = fit_cfg.isoflop_window
+        approach2 = F.isoflop_minima(groups, window)
+        boots2 = F.bootstrap_isoflop(groups, max(fit_cfg.bootstrap, 1), fit_cfg.seed, window)
+        data["isoflop"] = approach2
+        body = []
+        for m in approach2["minima"]:
+            n3, d3, l3 = F.compute_optimal(law, m["C"], flops)
+            body.append([_num(m["C"], 3), _count(m["N"]), _count(m["D"]), _num(m["loss"], 4),
+                         "yes" if m["inside"] else ("no (extrapolated)" if m["valid"] else "no minimum"),
+                         _count(n3), _count(d3), _num(l3, 4)])
+        through = (f"the {window} sizes around each budget's lowest loss" if window else "each budget's points")
+        md.append(f"\nApproach 2 (isoFLOP profiles): a parabola in log N through {through}; its vertex "
+                  "is N*, and D* = C / FLOPs-per-token(N*). Approach 3's optimum at the same C beside it.\n\n")
+        md.append(_table(["C (FLOPs)", "N* (parabola)", "D*", "L*", "vertex inside the sizes tried",
+                          "N* (law)", "D* (law)", "L* (law)"], body))
+        if np.isfinite(approach2["a"]):
+            md.append(f"\nApproach 2 fits: N*(C) ~ C^{approach2['a']:.3f} ({conf:.0%} CI "
+                      f"{_ci([b['a'] for b in boots2], conf)}), D*(C) ~ C^{approach2['b']:.3f} "
+                      f"({_ci([b['b'] for b in boots2], conf)}), from {sum(m['valid'] for m in approach2['minima'])} "
+                      f"budgets (C in this study's FLOPs measure; CIs from {len(boots2)} resamples of each budget's "
+                      "points).\n")
+        else:
+            md.append("\nApproach 2: fewer than two budgets have a minimum; no exponent.\n")
+        plot("isoflop", plot_isoflop, groups, approach2, law, flops, window)
+
+    md += _target_section(config, law, boots, flops, rows, plot, data, conf)
+    return md
+
+
+def _target_section(config, law, boots, flops, rows, plot, data, conf) -> list[str]:
+    from compactlm.config import get_preset
+
+    fit_cfg = config.fit
+    target = get_preset(fit_cfg.target, vocab_size=fit_cfg.target_vocab, max_seq_len=fit_cfg.target_seq_len)
+    n_ref, d_ref = float(target.non_embedding_params), float(fit_cfg.target_tokens)
+    try:
+        main = F.target_analysis(law, flops, n_ref, d_ref)
+    except (ValueError, ZeroDivisionError, OverflowError, FloatingPointError) as exc:
+        data["target"] = {"name": fit_cfg.target, "error": str(exc)}
+        return [f"\n## Extrapolation: {fit_cfg.target} trained on {_count(d_ref)} tokens\n",
+                f"Not computable from this fit ({exc}): the law has no usable optimum.\n"]
+    per_boot = []
+    for b in boots:
+        try:
+            per_boot.append(F.target_analysis(b, flops, n_ref, d_ref))
+        except (ValueError, ZeroDivisionError, OverflowError, FloatingPointError):
+            continue
+    data["target"] = {"name": fit_cfg.target, **main}
+
+    def ci(key, fmt=_num):
+        return _ci([t[key] for t in per_boot], conf, fmt)
+
+    n_max, d_max = max(r["n_params"] for r in rows), max(r["tokens"] for r in rows)
+    rows_md = [
+        ["compute-optimal tokens D_opt for this N", _count(main["D_opt"]), ci("D_opt", _count)],
+        ["  = tokens per parameter", f"{main['tokens_per_param_opt']:.1f}", ci("tokens_per_param_opt")],
+        ["loss at D_opt", _num(main["loss_at_D_opt"], 4), ci("loss_at_D_opt")],
+        [f"loss at D = {_count(d_ref)}", _num(main["loss"], 4), ci("loss")],
+        [f"what {_count(d_ref)} tokens buy over D_opt (loss drop)", _num(main["loss_gain"], 3), ci("loss_gain")],
+        ["over-training factor D / D_opt", f"{main['overtraining']:.3g}x", ci("overtraining")],
+        ["training compute C = F(N) x D", _num(main["C"]), "-"],
+        ["compute-optimal model at that C: N*", _count(main["N_star"]), ci("N_star", _count)],
+        ["  its tokens D*", _count(main["D_star"]), ci("D_star", _count)],
+        ["  its loss", _num(main["loss_star"], 4), ci("loss_star")],
+        ["equal-loss larger model at equal compute: N", _count(main["N_equal_loss"]), ci("N_equal_loss", _count)],
+        ["  its tokens", _count(main["D_equal_loss"]), ci("D_equal_loss", _count)],
+        ["compute the optimal frontier needs for the same loss", _num(main["C_equal_loss"]), ci("C_equal_loss")],
+        ["  = compute over-training spends for it (ratio)", f"{main['compute_ratio']:.2f}x", ci("compute_ratio")],
+    ]
+    md = [f"\n## Extrapolation: {fit_cfg.target} trained on {_count(d_ref)} tokens\n",
+          f"N = {n_ref:,.0f} non-embedding parameters ({target.num_params:,} in all at vocabulary "
+          f"{fit_cfg.target_vocab}), {target.flops_per_token(fit_cfg.target_seq_len) / 1e9:.2f} GFLOPs per "
+          f"training token at context {fit_cfg.target_seq_len}. {len(per_boot)} bootstrap fits for the "
+          f"{conf:.0%} intervals.\n\n",
+          _table(["quantity", "law", f"{conf:.0%} CI"], rows_md),
+          f"\n**Caveat.** This extrapolates the law {n_ref / n_max:,.0f}x beyond the largest N measured "
+          f"({_count(n_max)}) and {d_ref / d_max:,.0f}x beyond the largest D ({_count(d_max)}). Losses are in "
+          "nats on this study's data and tokenizer, not on the target's (E in particular is a property of the "
+          "corpus); only the shape of the trade-off (tokens per parameter, loss drops, compute ratios) carries "
+          "over, and even that holds only if the exponents stay constant over the whole range, which "
+          "nothing here tests. The intervals show the statistical uncertainty of the fit alone.\n"]
+    plot("extrapolation", plot_extrapolation, law, boots, flops, main, fit_cfg.target, conf)
+    return md
+
+
+def _ablation_section(config: LadderConfig, rows: list[dict], plot, data: dict) -> list[str]:
+    a = config.ablation
+    labels = list(dict.fromkeys(r["size"] for r in sorted(rows, key=lambda r: _value_order(a, r))))
+    if not rows:
+        return ["No finished points.\n"]
+    table, groups = ablation_table(rows, labels)
+    data["ablation"] = table
+    first = rows[0]
+    md = [f"## Ablation of `{a.knob}`\n",
+          f"Size: N {first['n_params']:,} (non-embedding); {first['tokens']:,} tokens ({first['steps']} steps) per "
+          f"run; seeds {a.seeds} set into {', '.join(f'`{k}`' for k in a.seed_keys)}.\n\n"]
+    body = []
+    for row in table:
+        verdict = "reference"
+        if "se" in row:
+            p = f"{row['p']:.3f}" if row["p"] >= 0.001 else "< 0.001"
+            verdict = (f"{'yes' if row['significant'] else 'no'} (size of Δ {abs(row['delta']):.4f} vs 2 SE "
+                       f"{2 * row['se']:.4f}; Welch p {p})")
+        elif row is not table[0]:
+            verdict = "one seed: cannot tell"
+        body.append([row["value"], row["n"], f"{row['mean']:.4f} ± {row['std']:.4f}" if row["n"] > 1 else
+                     f"{row['mean']:.4f}", f"{row['delta']:+.4f}", verdict])
+    md.append(_table([a.knob, "seeds", "val loss mean ± std", "Δ vs first", "exceeds the seed spread?"], body))
+    md.append("\nA difference counts as real when it exceeds twice its standard error from the seeds' spread "
+              "(Welch); with three seeds that is a rough test — add seeds before trusting a small gap.\n")
+    md.append("\n" + _points_table(rows, None))
+    plot("ablation", plot_ablation, groups, a.knob)
+    return md
+
+
+def _value_order(ablation, row) -> int:
+    for i, value in enumerate(ablation.values):
+        if row.get("value") == value:
+            return i
+    return len(ablation.values)
