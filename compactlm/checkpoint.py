@@ -26,7 +26,6 @@ from compactlm.config import ModelConfig, get_preset
 from compactlm.errors import CheckpointError
 from compactlm.model import Transformer
 from compactlm.tokenizer import Tokenizer
-from compactlm.train_checkpoint import is_sharded, load_sharded_weights
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -211,8 +210,12 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None,
         config_data = read_json(path / CONFIG_FILE)
         config_data = {k: v for k, v in config_data.items() if k not in ("format", "format_version")}
         config = ModelConfig.from_dict(config_data, source=str(path / CONFIG_FILE))
-        if not (path / WEIGHTS_FILE).is_file() and is_sharded(path):
-            return _consolidate(path, config, device, dtype)
+        if not (path / WEIGHTS_FILE).is_file():
+            # torch.distributed.checkpoint takes ~0.7 s to import: only for sharded checkpoints
+            from compactlm.train_checkpoint import is_sharded
+
+            if is_sharded(path):
+                return _consolidate(path, config, device, dtype)
         state = load_safetensors(path / WEIGHTS_FILE)
         source = path / WEIGHTS_FILE
     elif (path / CONFIG_FILE).is_file():
@@ -228,6 +231,8 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None,
 
 def _consolidate(path: Path, config: ModelConfig, device, dtype) -> Transformer:
     """One model from a sharded (DCP) training checkpoint, written by any number of ranks."""
+    from compactlm.train_checkpoint import load_sharded_weights
+
     with torch.device("meta"):
         model = Transformer(config)
     model.to_empty(device="cpu")  # DCP reads into real tensors; no time spent on a random init
