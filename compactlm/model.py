@@ -23,7 +23,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from compactlm.config import ModelConfig
-from compactlm.kernels import linear_cross_entropy
+from compactlm.kernels import linear_cross_entropy, loss_chunk_rows
 
 
 class RMSNorm(nn.Module):
@@ -188,9 +188,8 @@ class Transformer(nn.Module):
             return self.lm_head(x[:, -1:] if last_only else x)
         if not fused_loss:
             return F.cross_entropy(self.lm_head(x).float().flatten(0, 1), targets.flatten())
-        # CPU: 256-row chunks keep each chunk's logits in cache; GPU: fewer, larger chunks, fewer launches.
-        chunk = 256 if x.device.type == "cpu" else 4096
-        return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), chunk)
+        return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(),
+                                    loss_chunk_rows(x.device.type))
 
     def hidden_states(self, idx: torch.Tensor, *, cache: KVCache | None = None,
                       position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None):

@@ -90,11 +90,6 @@ def parallelize(model: torch.nn.Module, mode: str, device: torch.device,
     return model
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The Transformer inside a DDP wrapper (FSDP2 modifies the module in place)."""
-    return getattr(model, "module", model)
-
-
 @contextlib.contextmanager
 def gradient_sync(model: torch.nn.Module, enabled: bool):
     """Accumulate gradients locally on all but the last micro-batch of a step: one reduction per step."""
@@ -120,13 +115,6 @@ def clip_grad_norm(parameters, max_norm: float) -> float:
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
     return norm.item()
-
-
-def all_reduce_mean(values: torch.Tensor, world: World) -> torch.Tensor:
-    if world.size > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values = values / world.size
-    return values
 
 
 def barrier(world: World) -> None:

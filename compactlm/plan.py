@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 
 from compactlm.config import ModelConfig
+from compactlm.kernels import loss_chunk_rows
 from compactlm.errors import CompactlmError
 
 GIB = 1024 ** 3
@@ -119,7 +120,7 @@ def _block_saved_bytes(c: ModelConfig, precision: str, parallelism: str, compile
 
 def _loss_bytes(c: ModelConfig, tokens: int, act: int, fused: bool, device: str) -> int:
     if fused:
-        chunk = 256 if device == "cpu" else 4096  # rows per chunk (model.forward); float32 logits and their exp
+        chunk = loss_chunk_rows(device)  # float32 logits of one chunk, and their exp
         return act * c.vocab_size * c.d_model + act * tokens * c.d_model + 2 * 4 * min(tokens, chunk) * c.vocab_size
     # float32 log-softmax saved for backward, then its gradient and the logits' float32 gradient
     return tokens * c.vocab_size * (4 + 4 + 4)
