@@ -75,10 +75,10 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
 
     import compactlm
-    from compactlm.checkpoint import save_checkpoint
+    from compactlm.checkpoint.model import save_checkpoint
     from compactlm.convert.hf import save_hf
     from compactlm.eval.harness import CompactLM
-    from compactlm.tokenizer import Tokenizer
+    from compactlm.tokenizer.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(REPO / "tests" / "assets" / "ggml-vocab-llama-spm.gguf")
     torch.manual_seed(0)

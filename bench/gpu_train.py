@@ -23,10 +23,12 @@ import time
 import torch
 
 import compactlm
-from compactlm.checkpoint import cpu_state
+from compactlm.checkpoint.io import cpu_state
 from compactlm.convert.hf import config_to_hf, state_dict_to_hf
-from compactlm.kernels import apply_kernels
-from compactlm.train import PEAK_FLOPS, OptimSection, lm_loss, make_optimizer
+from compactlm.config.train import OptimSection
+from compactlm.model.transformer import lm_loss
+from compactlm.train.optim import make_optimizer
+from compactlm.train.runtime import PEAK_FLOPS, apply_kernels
 
 
 def matmul_peak(device, n=8192, repeats=10) -> float:
@@ -152,7 +154,7 @@ def main() -> None:
                 model.hidden_states = torch.compile(model.hidden_states, dynamic=False)
             else:
                 apply_kernels(model, kernels, device)
-            optimizer = make_optimizer(model, OptimSection(), device)
+            optimizer = make_optimizer(model, OptimSection())
             return training_step(model, optimizer, data, lambda m, b: lm_loss(m, b, fused))
         return build
 

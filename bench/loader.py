@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from compactlm.data.mixture import Mixture, MixtureSource, batches
-from compactlm.data.prepare import manifest_hash
+from compactlm.data.manifest import manifest_hash
 from compactlm.data.shards import write_shard
 
 

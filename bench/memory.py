@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,13 +44,15 @@ def measure(case: dict) -> dict:
     """Runs inside the child process: build, train 2 optimizer steps, report the peak."""
     import torch
 
-    from compactlm.checkpoint import build_model
-    from compactlm.train import OptimSection, lm_loss, make_optimizer
+    from compactlm.checkpoint.model import build_model
+    from compactlm.config.train import OptimSection
+    from compactlm.model.transformer import lm_loss
+    from compactlm.train.optim import make_optimizer
 
     torch.manual_seed(0)
     device = torch.device(case["device"])
     if case["ranks"] > 1:
-        from compactlm.parallelize import init_distributed
+        from compactlm.train.distributed import init_distributed
 
         init_distributed(device.type)
     _warm_up(device, case["precision"] == "bf16")  # libraries' one-time set-up is not the model's memory
@@ -65,10 +66,10 @@ def measure(case: dict) -> dict:
     model = build_model(case["preset"], device=device, vocab_size=case["vocab"], max_seq_len=case["seq_len"])
     model.checkpoint_every = case["ckpt"]
     if case["ranks"] > 1:
-        from compactlm.parallelize import parallelize
+        from compactlm.train.distributed import parallelize
 
         model = parallelize(model, "fsdp", device, torch.bfloat16 if case["precision"] == "bf16" else None)
-    optimizer = make_optimizer(model, OptimSection(), device)
+    optimizer = make_optimizer(model, OptimSection())
     bf16 = case["precision"] == "bf16"
     for _ in range(2):
         for _ in range(case["accumulation"]):
@@ -95,12 +96,14 @@ def _warm_up(device, bf16: bool) -> None:
     """One step of a tiny model first: oneDNN/MKL (or CUDA) initialise their kernels and workspaces."""
     import torch
 
-    from compactlm.checkpoint import build_model
-    from compactlm.train import OptimSection, lm_loss, make_optimizer
+    from compactlm.checkpoint.model import build_model
+    from compactlm.config.train import OptimSection
+    from compactlm.model.transformer import lm_loss
+    from compactlm.train.optim import make_optimizer
 
     model = build_model("tinyllama-1m", device=device, vocab_size=512, max_seq_len=64)
     model.checkpoint_every = 1
-    optimizer = make_optimizer(model, OptimSection(), device)
+    optimizer = make_optimizer(model, OptimSection())
     for ckpt in (0, 1):
         model.checkpoint_every = ckpt
         for fused in (True, False):
@@ -112,8 +115,8 @@ def _warm_up(device, bf16: bool) -> None:
 
 
 def planned(case: dict) -> int:
-    from compactlm.config import get_preset
-    from compactlm.plan import Setup, plan_memory
+    from compactlm.config.model import get_preset
+    from compactlm.train.plan import Setup, plan_memory
 
     config = get_preset(case["preset"], vocab_size=case["vocab"], max_seq_len=case["seq_len"])
     setup = Setup(micro_batch=case["micro_batch"], seq_len=case["seq_len"], ranks=case["ranks"],

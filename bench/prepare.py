@@ -102,7 +102,7 @@ def run_tokenizer_alone(sp, texts: list[str]) -> int:
 
 # ---- contender 2: compactlm prepare ----------------------------------------------------------------
 def run_compactlm(tokenizer_model: Path, source: Path, out: Path, workers: int) -> tuple[int, int]:
-    from compactlm.configuration import load_config
+    from compactlm.config.loader import load_config
     from compactlm.data.prepare import PrepareConfig, prepare
 
     cfg = load_config(PrepareConfig, data={
@@ -219,7 +219,7 @@ def main() -> None:
     try:
         model = Path(args.tokenizer) if args.tokenizer else work / "llama" / "tokenizer.model"
         if not model.is_file():
-            from compactlm.tokenizer import Tokenizer
+            from compactlm.tokenizer.tokenizer import Tokenizer
 
             model.parent.mkdir(parents=True, exist_ok=True)
             Tokenizer(GGUF).save(model.parent)

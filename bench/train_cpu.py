@@ -6,8 +6,8 @@ The same ~20M-parameter Llama (compactlm's `tinyllama-4m` preset, 32000 vocabula
 trained by each implementation from the SAME initial weights on the SAME batches (B x (T + 1) token
 ids drawn from a fixed seeded Zipf-like distribution; inputs [:, :-1], targets [:, 1:]):
 
-- compactlm: `compactlm.train.make_optimizer` (AdamW; fused where PyTorch has it) and
-  `compactlm.train.lm_loss` (always called, never copied);
+- compactlm: `compactlm.train.optim.make_optimizer` (AdamW; fused where PyTorch has it) and
+  `compactlm.model.transformer.lm_loss` (always called, never copied);
 - transformers: `AutoModelForCausalLM.from_pretrained` of `compactlm.convert.hf.save_hf`'s export,
   default attention implementation, loss from `model(input_ids=x, labels=x, shift_labels=y)`, i.e.
   HF's own ForCausalLMLoss on the pre-shifted targets y (identical to compactlm's), `use_cache=False`;
@@ -42,7 +42,10 @@ import torch
 import torch.nn.functional as F
 
 import compactlm
-import compactlm.train as ctrain
+import compactlm.config.train as cconfig
+import compactlm.model.transformer as cmodel
+import compactlm.train.optim as coptim
+import compactlm.train.runtime as cruntime
 from compactlm.convert.hf import save_hf
 
 LITGPT_SITE = "/tmp/trainbench/site"
@@ -87,7 +90,7 @@ class Impl:
 
 
 def plain_adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
-    o = ctrain.OptimSection()
+    o = cconfig.OptimSection()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -98,8 +101,8 @@ def make_compactlm(state: dict) -> Impl:
     model = compactlm.build_model("tinyllama-4m", vocab_size=VOCAB)
     model.load_state_dict(state)
     model.train()
-    opt = ctrain.make_optimizer(model, ctrain.OptimSection(), torch.device("cpu"))
-    impl = Impl(model, opt, lambda m, b: ctrain.lm_loss(m, b))
+    opt = coptim.make_optimizer(model, cconfig.OptimSection())
+    impl = Impl(model, opt, lambda m, b: cmodel.lm_loss(m, b))
     impl.name = "compactlm"
     return impl
 
@@ -285,7 +288,7 @@ def main(argv=None) -> dict:
     results["initial_loss_agree"] = agree
     del impls
 
-    default_amp = ctrain.autocast_dtype("auto", torch.device("cpu"))
+    default_amp = cruntime.autocast_dtype("auto", torch.device("cpu"))
     tokens = args.batch * args.seq
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
         if case == "bf16":

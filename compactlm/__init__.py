@@ -9,17 +9,17 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "build_model": "compactlm.checkpoint", "from_pretrained": "compactlm.checkpoint",
-    "save_checkpoint": "compactlm.checkpoint", "PRESETS": "compactlm.config", "ModelConfig": "compactlm.config",
-    "get_preset": "compactlm.config", "CompactlmError": "compactlm.errors", "Transformer": "compactlm.model",
-    "Tokenizer": "compactlm.tokenizer", "load_tokenizer": "compactlm.tokenizer",
+    "build_model": "compactlm.checkpoint.model", "from_pretrained": "compactlm.checkpoint.model",
+    "save_checkpoint": "compactlm.checkpoint.model", "PRESETS": "compactlm.config.model",
+    "ModelConfig": "compactlm.config.model", "get_preset": "compactlm.config.model",
+    "CompactlmError": "compactlm.errors", "Transformer": "compactlm.model.transformer",
+    "Tokenizer": "compactlm.tokenizer.tokenizer", "load_tokenizer": "compactlm.tokenizer.tokenizer",
+    "generate": "compactlm.model.generate",
 }
-__all__ = [*_EXPORTS, "generate"]
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name == "generate":  # the function, not the module of the same name
-        return importlib.import_module("compactlm.generate").generate
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'compactlm' has no attribute {name!r}")

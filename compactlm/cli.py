@@ -9,7 +9,7 @@ from compactlm.errors import CompactlmError
 
 
 def _cmd_presets(args) -> None:
-    from compactlm.config import PRESETS
+    from compactlm.config.model import PRESETS
 
     print(f"{'preset':<16}{'layers':>7}{'d_model':>8}{'heads':>6}{'kv':>4}{'ffn':>6}"
           f"{'non-emb params':>16}{'total @32k vocab':>18}")
@@ -21,9 +21,9 @@ def _cmd_presets(args) -> None:
 def _cmd_generate(args) -> None:
     import torch
 
-    from compactlm.checkpoint import from_pretrained
-    from compactlm.generate import generate
-    from compactlm.tokenizer import load_tokenizer
+    from compactlm.checkpoint.model import from_pretrained
+    from compactlm.model.generate import generate
+    from compactlm.tokenizer.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.checkpoint)
     if tokenizer is None:
@@ -51,9 +51,9 @@ def _cmd_generate(args) -> None:
 
 
 def _cmd_convert(args) -> None:
-    from compactlm.checkpoint import from_pretrained, save_checkpoint
+    from compactlm.checkpoint.model import from_pretrained, save_checkpoint
     from compactlm.convert import hf, litgpt
-    from compactlm.tokenizer import load_tokenizer
+    from compactlm.tokenizer.tokenizer import load_tokenizer
 
     if args.direction == "to-hf":
         model, tokenizer = from_pretrained(args.checkpoint), load_tokenizer(args.checkpoint)
@@ -83,8 +83,9 @@ def _cmd_prepare(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from compactlm.parallelize import launched_by_torchrun
-    from compactlm.train import load_train_config, train
+    from compactlm.config.train import load_train_config
+    from compactlm.train.distributed import launched_by_torchrun
+    from compactlm.train.trainer import train
 
     if args.nproc > 1 and not launched_by_torchrun():
         _relaunch_with_torchrun(args)
@@ -102,12 +103,21 @@ def _relaunch_with_torchrun(args) -> None:
 
 
 def _cmd_plan(args) -> None:
-    from compactlm.plan import format_plan, parse_size, setup_from_train_config
-    from compactlm.train import load_train_config
+    from compactlm.config.train import load_train_config
+    from compactlm.data.readers import DataError
+    from compactlm.errors import CheckpointError
+    from compactlm.train.plan import format_plan, parse_size, setup_from_train_config
 
-    train_config = load_train_config(args.config, args.overrides)
-    config, setup = setup_from_train_config(train_config, args.gpus, args.micro_batch, args.seq_len)
-    print(format_plan(config, setup, parse_size(args.gpu_memory), train_config.train.global_batch))
+    # --micro-batch and --seq-len are config overrides, so the run is resolved exactly as `train` would.
+    flags = [f"train.micro_batch={args.micro_batch}"] * (args.micro_batch is not None) + \
+        [f"data.seq_len={args.seq_len}"] * (args.seq_len is not None)
+    gpu_memory = parse_size(args.gpu_memory)
+    train_config = load_train_config(args.config, [*args.overrides, *flags])
+    try:
+        config, setup = setup_from_train_config(train_config, args.gpus, vocab_size=args.vocab_size)
+    except (DataError, CheckpointError) as exc:  # the data, hence the tokenizer, is not at hand
+        raise CompactlmError(f"{exc} (or pass --vocab-size N to plan without the data)") from None
+    print(format_plan(config, setup, gpu_memory, train_config.train.global_batch))
 
 
 def _cmd_demo(args) -> None:
@@ -167,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpu-memory", default="80GiB", help="memory of one GPU: 40GiB, 80GB, 24G ...")
     plan.add_argument("--micro-batch", type=int, default=None, help="default: the config's train.micro_batch")
     plan.add_argument("--seq-len", type=int, default=None, help="default: the config's data.seq_len")
+    plan.add_argument("--vocab-size", type=int, default=None,
+                      help="plan without the prepared data: the tokenizer's vocabulary size (default: read the "
+                      "tokenizer as `compactlm train` does, e.g. Llama-2's 32000)")
     plan.set_defaults(func=_cmd_plan)
 
     gen = sub.add_parser("generate", help="stream a continuation of a prompt")

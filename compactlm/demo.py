@@ -7,7 +7,6 @@ lm-evaluation-harness -> sample continuations -> print a summary.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -24,31 +23,23 @@ def _section(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def unigram_loss(mixture, val: np.ndarray) -> float:
+def unigram_loss(mixture, val: np.ndarray, vocab_size: int) -> float:
     """Cross-entropy (nats/token) of the best context-free model: training-token frequencies of the mix."""
-    vocab = int(max(int(s.parts[0].max()) if s.parts else 0 for s in mixture.streams) + 1)
-    probs = np.zeros(vocab)
-    for stream, weight, n_train in zip(mixture.streams, mixture.weights, mixture.n_train):
-        counts = np.zeros(vocab)
-        end = int(n_train) * mixture.seq_len  # training region only
-        for part, offset in zip(stream.parts, stream.offsets[:-1]):
-            take = max(0, min(len(part), end - int(offset)))
-            counts += np.bincount(np.asarray(part[:take]), minlength=vocab)[:vocab]
-        probs += weight * (counts + 1) / (counts.sum() + vocab)  # add-one smoothing
-    targets = val[:, 1:].ravel()
-    return float(-np.log(probs[np.minimum(targets, vocab - 1)]).mean())
+    probs = np.zeros(vocab_size)
+    for counts, weight in zip(mixture.train_token_counts(vocab_size), mixture.weights):
+        probs += weight * (counts + 1) / (counts.sum() + vocab_size)  # add-one smoothing
+    return float(-np.log(probs[val[:, 1:].ravel()]).mean())
 
 
-def plot_losses(run_dir: Path, baseline: float, out: Path) -> None:
-    import matplotlib
+def plot_losses(run_dir: Path, baseline: float, out: Path):
+    """loss.png: train and validation loss against tokens seen, and the unigram baseline."""
+    from compactlm.plotting import pyplot, save_figure
+    from compactlm.train.metrics import read_metrics, step_records, validation_records
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    records = read_metrics(run_dir)
+    train = [(r["tokens"], r["loss"]) for r in step_records(records)]
+    val = [(r["tokens"], r["val_loss"]) for r in validation_records(records)]
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
     ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
     ax.plot(*zip(*val), "o-", label="validation loss", color="tab:orange")
     ax.axhline(baseline, linestyle="--", color="gray", label=f"unigram baseline ({baseline:.2f})")
@@ -57,9 +48,7 @@ def plot_losses(run_dir: Path, baseline: float, out: Path) -> None:
     ax.set_title("compactlm demo: a small Llama trained on the embedded corpus")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, out)
 
 
 def _evaluate_local(checkpoint: Path) -> dict | None:
@@ -69,7 +58,7 @@ def _evaluate_local(checkpoint: Path) -> dict | None:
 
     started = time.perf_counter()
     try:
-        from compactlm.eval.runner import demo_evaluation
+        from compactlm.eval.tasks import demo_evaluation
 
         entry = demo_evaluation(checkpoint)
     except (CompactlmError, OSError, ImportError) as exc:
@@ -88,11 +77,13 @@ def _evaluate_local(checkpoint: Path) -> dict | None:
 def run_demo() -> None:
     import torch
 
-    from compactlm.checkpoint import from_pretrained
+    from compactlm.checkpoint.layout import latest_checkpoint
+    from compactlm.checkpoint.model import from_pretrained
+    from compactlm.config.train import load_train_config
     from compactlm.data.prepare import load_prepare_config, prepare
-    from compactlm.generate import generate
-    from compactlm.tokenizer import load_tokenizer
-    from compactlm.train import Trainer, checkpoint_dirs, load_train_config
+    from compactlm.model.generate import generate
+    from compactlm.tokenizer.tokenizer import load_tokenizer
+    from compactlm.train.trainer import Trainer
 
     started = time.perf_counter()
     _section("1/4 prepare the embedded corpus (data/demo: SlimPajama- and StarCoderData-style files)")
@@ -106,9 +97,10 @@ def run_demo() -> None:
     run_dir = Path(config.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo always starts fresh
     trainer = Trainer(config)
-    baseline = unigram_loss(trainer.mixture, trainer.mixture.val_samples(config.eval_samples))
+    baseline = unigram_loss(trainer.mixture, trainer.mixture.val_samples(config.eval_samples),
+                            trainer.tokenizer.vocab_size)
     last = trainer.fit()
-    checkpoint = checkpoint_dirs(run_dir)[-1]
+    checkpoint = latest_checkpoint(run_dir)
 
     _section("3/4 evaluate")
     plot_losses(run_dir, baseline, Path("loss.png"))

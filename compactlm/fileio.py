@@ -6,6 +6,7 @@ half-written file under the final name.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,3 +21,14 @@ def atomic_write(path: str | Path, chunks: Iterable[bytes]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def read_json(path: str | Path, error: type[Exception]):
+    """The parsed JSON file, or `error` with one line naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{path}: invalid JSON ({exc})") from None

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from compactlm.config import ModelConfig  # noqa: E402
+from compactlm.config.model import ModelConfig  # noqa: E402
 from compactlm.convert import hf  # noqa: E402
 
 
@@ -16,6 +16,42 @@ def random_config(**overrides) -> ModelConfig:
     base = dict(n_layer=2, d_model=64, n_head=4, n_kv_head=2, ffn_dim=176, vocab_size=101, max_seq_len=64)
     base.update(overrides)
     return ModelConfig(**base)
+
+
+def compactlm_from_hf_model(hf_model, config: ModelConfig):
+    """The compactlm model holding a transformers model's weights (fused through convert.hf)."""
+    from compactlm.checkpoint.model import build_model, finish_loading, load_weights
+
+    model = build_model(config, device="meta")
+    load_weights(model, hf.state_dict_from_hf(hf_model.state_dict(), config), "hf model")
+    return finish_loading(model)
+
+
+def write_dataset(directory, n_tokens, first_token, tokenizer_hash="tok", shard_tokens=1000):
+    """A prepared dataset whose token t is first_token + t, so every window tells where it came from."""
+    import numpy as np
+
+    from compactlm.data.manifest import write_manifest
+    from compactlm.data.shards import write_shard
+
+    directory.mkdir(parents=True)
+    shards = []
+    for k, start in enumerate(range(0, n_tokens, shard_tokens)):
+        tokens = np.arange(first_token + start, first_token + min(start + shard_tokens, n_tokens), dtype=np.uint32)
+        write_shard(directory / f"s-{k}.bin", tokens, np.array([0]))
+        shards.append({"file": f"s-{k}.bin", "tokens": len(tokens), "documents": 1})
+    write_manifest(directory, {"format": "compactlm-tokens", "version": 1, "dtype": "uint32", "shards": shards,
+                               "tokenizer": {"hash": tokenizer_hash}})
+    return directory
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) from a PNG file's IHDR chunk; fails on anything that is not a PNG."""
+    from pathlib import Path
+
+    data = Path(path).read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path}: not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def hf_model_for(config: ModelConfig, seed: int = 0):
@@ -97,7 +133,7 @@ def raw_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dataset(raw_corpus, tmp_path_factory):
     """The raw corpus prepared with a 512-token BPE: (natural language dir, code dir)."""
-    from compactlm.configuration import load_config
+    from compactlm.config.loader import load_config
     from compactlm.data.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("tiny_dataset")
@@ -113,9 +149,9 @@ def tiny_dataset(raw_corpus, tmp_path_factory):
 
 def tiny_train_config(tiny_dataset, run_dir, **overrides):
     """A 2-layer model on the tiny dataset: 40 steps of 8 x 32 tokens in a few seconds."""
-    from compactlm.configuration import apply_overrides
-    from compactlm.train import TrainConfig
-    from compactlm.configuration import from_dict
+    from compactlm.config.loader import apply_overrides
+    from compactlm.config.train import TrainConfig
+    from compactlm.config.loader import from_dict
 
     data = {"run_dir": str(run_dir), "device": "cpu", "tensorboard": False,
             "model": {"preset": "tinyllama-1m", "n_layer": 2, "d_model": 64, "n_head": 2, "ffn_dim": 176},

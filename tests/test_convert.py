@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import compactlm
-from compactlm.checkpoint import load_weights
+from compactlm.checkpoint.model import load_weights
 from compactlm.cli import main
 from compactlm.convert import hf, litgpt
 from compactlm.errors import CheckpointError, ConfigError

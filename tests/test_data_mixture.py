@@ -8,28 +8,9 @@ import torch
 
 from compactlm.data.mixture import Mixture, MixtureSource, batches, permute, rank_indices
 from compactlm.data.readers import DataError
-from compactlm.data.shards import write_shard
+from tests.conftest import write_dataset
 
 SEQ = 16
-
-
-def write_dataset(directory, n_tokens, first_token, tokenizer_hash="tok", shard_tokens=1000):
-    """A prepared dataset whose token t is first_token + t, so every window tells where it came from."""
-    import json
-
-    from compactlm.data.prepare import manifest_hash
-
-    directory.mkdir(parents=True)
-    shards = []
-    for k, start in enumerate(range(0, n_tokens, shard_tokens)):
-        tokens = np.arange(first_token + start, first_token + min(start + shard_tokens, n_tokens), dtype=np.uint32)
-        write_shard(directory / f"s-{k}.bin", tokens, np.array([0]))
-        shards.append({"file": f"s-{k}.bin", "tokens": len(tokens), "documents": 1})
-    manifest = {"format": "compactlm-tokens", "version": 1, "dtype": "uint32", "shards": shards,
-                "tokenizer": {"hash": tokenizer_hash}}
-    manifest["hash"] = manifest_hash(manifest)
-    (directory / "manifest.json").write_text(json.dumps(manifest))
-    return directory
 
 
 @pytest.fixture(scope="module")

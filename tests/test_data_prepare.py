@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from compactlm.cli import main
-from compactlm.configuration import load_config
+from compactlm.config.loader import load_config
 from compactlm.data.prepare import PrepareConfig, prepare
 from compactlm.data.readers import DataError
 from compactlm.data.shards import Shard, ShardError, read_litpkds, write_shard
-from compactlm.tokenizer import Tokenizer
+from compactlm.tokenizer.tokenizer import Tokenizer
 
 
 def make_config(raw_root: Path, out: Path, tokenizer: Path, **extra) -> PrepareConfig:
@@ -199,3 +199,51 @@ def test_litgpt_packed_files_are_read_without_their_padding(tmp_path):
     (tmp_path / "bad.bin").write_bytes(b"LITPKDX" + header[7:])
     with pytest.raises(ShardError, match=r"bad\.bin: not a lit-gpt packed file"):
         read_litpkds(tmp_path / "bad.bin")
+
+
+def test_a_prepared_dataset_carries_its_tokenizer_and_trains_after_a_move(prepared, tmp_path, monkeypatch):
+    """Moved to another directory, with the original tokenizer gone and another working directory."""
+    import shutil
+
+    from compactlm.data.manifest import manifest_tokenizer, read_manifest
+    from tests.conftest import tiny_train_config
+    from compactlm.train.trainer import train
+
+    base, config, manifests, _ = prepared
+    original = Tokenizer(config.tokenizer.path)
+    for name in ("natural_language", "code"):
+        recorded = read_manifest(base / "out" / name)["tokenizer"]
+        assert recorded["file"] == "tokenizer.json" and recorded["hash"] == original.hash
+        assert Tokenizer(base / "out" / name / "tokenizer.json").hash == original.hash  # a byte-identical copy
+
+    moved = tmp_path / "elsewhere" / "data"
+    shutil.copytree(base / "out", moved)
+    workdir = tmp_path / "another" / "cwd"
+    workdir.mkdir(parents=True)
+    monkeypatch.chdir(workdir)
+    assert manifest_tokenizer(moved / "code") == moved / "code" / "tokenizer.json"
+    relative = [Path("../../elsewhere/data/natural_language"), Path("../../elsewhere/data/code")]
+    hidden = Path(config.tokenizer.path).rename(tmp_path / "original-tokenizer-out-of-the-way.json")
+    try:
+        last = train(tiny_train_config(relative, "run", **{"train.max_steps": 3, "eval_every": 3}),
+                     console=lambda *a: None)
+    finally:
+        hidden.rename(config.tokenizer.path)
+    assert last["step"] == 3 and last["val_loss"] > 0
+    assert (workdir / "run" / "checkpoints" / "step-00000003" / "tokenizer.json").read_bytes() == \
+        (moved / "natural_language" / "tokenizer.json").read_bytes()
+
+
+def test_datasets_prepared_before_tokenizers_travelled_still_name_theirs(tiny_dataset, tmp_path):
+    """Old manifests only recorded the tokenizer's path (relative to where `prepare` ran)."""
+    import json
+    import shutil
+
+    from compactlm.data.manifest import manifest_tokenizer
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_dataset[0], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["tokenizer"]["file"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert manifest_tokenizer(old) == Path(manifest["tokenizer"]["path"])

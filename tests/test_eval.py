@@ -14,11 +14,11 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from compactlm.checkpoint import build_model, save_checkpoint  # noqa: E402
+from compactlm.checkpoint.model import build_model, save_checkpoint  # noqa: E402
 from compactlm.cli import main  # noqa: E402
 from compactlm.convert.hf import save_hf  # noqa: E402
 from compactlm.errors import CompactlmError  # noqa: E402
-from compactlm.tokenizer import Tokenizer  # noqa: E402
+from compactlm.tokenizer.tokenizer import Tokenizer  # noqa: E402
 from tests.conftest import random_config, tiny_train_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,18 +140,18 @@ def test_local_tasks_score_the_same_through_both_backends(backends):
 def test_shared_contexts_are_computed_once(backends):
     ours, _ = backends
     calls = []
-    original = ours._hidden
+    original = ours.model.hidden_states
 
-    def counting(tokens, positions, mask):
+    def counting(tokens, **kwargs):
         calls.append(tokens.shape)
-        return original(tokens, positions, mask)
+        return original(tokens, **kwargs)
 
-    ours._hidden = counting
+    ours.model.hidden_states = counting
     try:
         reqs = [("A question with four choices:", f" choice {k}") for k in range(4)]
         ours.loglikelihood(_requests(*reqs), disable_tqdm=True)
     finally:
-        del ours._hidden
+        del ours.model.hidden_states
     assert len(calls) == 1 and calls[0][0] == 1  # one packed row holds the context and all four choices
 
 
@@ -188,14 +188,16 @@ def test_text_command_writes_perplexity_and_bits_per_byte(bpe_exported, tmp_path
 
 def test_evolution_over_three_checkpoints_writes_table_and_plots_and_skips_cached_work(tiny_dataset, tmp_path,
                                                                                         capsys):
-    from compactlm.eval import runner
-    from compactlm.train import train
+    from compactlm.eval import evolution, tasks
+    from compactlm.train.metrics import read_metrics, validation_records
+    from compactlm.train.trainer import train
+    from tests.conftest import png_size
 
     run_dir = tmp_path / "run"
     train(tiny_train_config(tiny_dataset, run_dir, **{"train.max_steps": 15, "checkpoint_every": 5,
                                                        "keep_checkpoints": 3, "eval_every": 5}),
           console=lambda *a: None)
-    checkpoints = runner.run_checkpoints(run_dir)
+    checkpoints = evolution.run_checkpoints(run_dir)
     assert [c.name for c in checkpoints] == ["step-00000005", "step-00000010", "step-00000015"]
 
     args = ["eval", "--run", str(run_dir), "--tasks", "compactlm_facts,compactlm_completion", "--limit", "6",
@@ -211,29 +213,42 @@ def test_evolution_over_three_checkpoints_writes_table_and_plots_and_skips_cache
     assert [c["tokens"] for c in summary["checkpoints"]] == [1280, 2560, 3840]
     assert all(c["results"]["compactlm_facts"]["metric"] == "acc_norm,none" for c in summary["checkpoints"])
     assert all(c["results"]["compactlm_facts"]["samples"] == 6 for c in summary["checkpoints"])
-    for name in ("compactlm_facts", "compactlm_completion", "average", "val_loss"):
-        assert (eval_dir / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (eval_dir / "plots").iterdir()) == [
+        "average.png", "compactlm_completion.png", "compactlm_facts.png", "val_loss.png"]
     assert out.count("evaluating") == 3
     caches = sorted(eval_dir.glob("step-*.json"))
     assert len(caches) == 3
     mtimes = [p.stat().st_mtime_ns for p in caches]
 
-    # Second call: nothing is recomputed, not even a model is loaded.
+    # Second call: nothing is recomputed, not even a model is loaded; loads are counted where
+    # evolution looks load_lm up, and the counter is proven live by the third call below.
     loads = []
-    original = runner.load_lm
-    runner.load_lm = lambda *a, **k: loads.append(a) or original(*a, **k)
+    original = evolution.load_lm
+    evolution.load_lm = lambda *a, **k: loads.append(a) or original(*a, **k)
     try:
-        summary = runner.evaluate_run(run_dir, runner.parse_tasks("compactlm_facts,compactlm_completion"), limit=6,
-                                      progress=False, console=lambda *a: None)
+        specs = tasks.parse_tasks("compactlm_facts,compactlm_completion")
+        summary = evolution.evaluate_run(run_dir, specs, limit=6, progress=False, console=lambda *a: None)
+        assert loads == [] and summary["evaluated"] == []
+        assert summary["cached"] == [c.name for c in checkpoints]
+        assert [p.stat().st_mtime_ns for p in caches] == mtimes
+        # The plots show exactly the results and the run's validation losses, at full figure size.
+        for figure in summary["figures"]:
+            assert png_size(figure.path) == (figure.width, figure.height) == (660, 396)  # 6 x 3.6 in, 110 dpi
+        figures = {f.path.stem: f for f in summary["figures"]}
+        tokens = [c["tokens"] for c in json.loads((eval_dir / "results-limit6.json").read_text())["checkpoints"]]
+        for spec in specs:
+            values = [100 * c["results"][spec.name]["value"] for c in json.loads(
+                (eval_dir / "results-limit6.json").read_text())["checkpoints"]]
+            assert figures[spec.name].line(spec.name) == (tokens, pytest.approx(values))
+        val = validation_records(read_metrics(run_dir))
+        assert figures["val_loss"].line("val_loss") == ([r["tokens"] for r in val], [r["val_loss"] for r in val])
+        # A new task on the same checkpoints evaluates only that task.
+        summary = evolution.evaluate_run(run_dir, tasks.parse_tasks("compactlm_facts:1"), limit=6, progress=False,
+                                         console=lambda *a: None)
     finally:
-        runner.load_lm = original
-    assert loads == [] and summary["evaluated"] == []
-    assert summary["cached"] == [c.name for c in checkpoints]
-    assert [p.stat().st_mtime_ns for p in caches] == mtimes
-    # A new task on the same checkpoints evaluates only that task.
-    summary = runner.evaluate_run(run_dir, runner.parse_tasks("compactlm_facts:1"), limit=6, progress=False,
-                                  console=lambda *a: None)
-    assert [tasks for _, tasks in summary["evaluated"]] == [["compactlm_facts"]] * 3
+        evolution.load_lm = original
+    assert [t for _, t in summary["evaluated"]] == [["compactlm_facts"]] * 3
+    assert len(loads) == 3
 
 
 def test_bad_input_gives_one_error_line(bpe_exported, tmp_path, capsys):
@@ -252,7 +267,7 @@ def test_bad_input_gives_one_error_line(bpe_exported, tmp_path, capsys):
 
 
 def test_suites_expand_to_the_reference_tasks():
-    from compactlm.eval.runner import parse_tasks
+    from compactlm.eval.tasks import parse_tasks
 
     assert [(t.name, t.num_fewshot) for t in parse_tasks("commonsense")] == [
         ("hellaswag", 0), ("openbookqa", 0), ("winogrande", 0), ("arc_challenge", 0), ("arc_easy", 0), ("boolq", 0),
@@ -285,7 +300,17 @@ def test_plain_lm_eval_command_finds_the_compactlm_model(bpe_exported, tmp_path)
 
 
 def test_demo_evaluation_scores_the_local_task(bpe_exported):
-    from compactlm.eval.runner import demo_evaluation
+    from compactlm.eval.tasks import demo_evaluation
+
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
 
     entry = demo_evaluation(bpe_exported[0])
-    assert entry["samples"] == 70 and 0.0 <= entry["acc"] <= 1.0 and entry["metric"] == "acc_norm,none"
+    assert entry["samples"] == 70 and entry["metric"] == "acc_norm,none"
+    # The same scores as lm-eval's own hf backend on the exported model.
+    reference = lm_eval.simple_evaluate(
+        model=HFLM(pretrained=str(bpe_exported[1]), batch_size=8, device="cpu", dtype="float32"),
+        tasks=["compactlm_facts"], task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),
+        verbosity="ERROR", bootstrap_iters=0)["results"]["compactlm_facts"]
+    assert entry["acc"] == reference["acc,none"] and entry["value"] == reference["acc_norm,none"]

@@ -9,13 +9,14 @@ import pytest
 import yaml
 
 from compactlm.cli import main
-from compactlm.configuration import to_dict
+from compactlm.config.loader import to_dict
 from compactlm.ladder import fit as F
 from compactlm.ladder.config import LadderConfig, LadderError, load_ladder_config
-from compactlm.ladder.grid import RESULT_FILE, Point, load_base, plan_points, run_ladder
+from compactlm.ladder.command import load_base, run_ladder
+from compactlm.ladder.grid import RESULT_FILE, Point, plan_points
 from compactlm.ladder.report import write_report
-from compactlm.train import checkpoint_dirs
-from tests.conftest import tiny_train_config
+from compactlm.checkpoint.layout import complete_checkpoints as checkpoint_dirs
+from tests.conftest import png_size, tiny_train_config
 
 CHINCHILLA = F.LawFit(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28)
 
@@ -116,8 +117,20 @@ def test_report_and_plots_are_written(tmp_path):
                     "Caveat", "R²"):
         assert heading in text
     for name in ("loss_vs_tokens.png", "isoflop.png", "law_fit.png", "residuals.png", "extrapolation.png"):
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in text
+    figures = summary["figures"]
+    assert sorted(f.path.name for f in figures.values()) == sorted(summary["plots"])
+    for figure in figures.values():
+        assert png_size(figure.path) == (figure.width, figure.height)
+    assert (figures["loss_vs_tokens"].width, figures["loss_vs_tokens"].height) == (960, 576)  # 8 x 4.8 in, 120 dpi
+    # Each size's curve is its points' measured losses; the law-vs-measured plot puts every point once.
+    rows = list(results.values())
+    for size in {r["size"] for r in rows}:
+        mine = sorted((r["tokens"], r["val_loss"]) for r in rows if r["size"] == size)
+        line = next(x_y for label, *x_y in figures["loss_vs_tokens"].lines if label.startswith(f"{size} (N "))
+        assert line == [[float(t) for t, _ in mine], [v for _, v in mine]]
+    measured = [y for label, _, ys in figures["law_fit"].lines if label != "y = x" for y in ys]
+    assert sorted(measured) == sorted(r["val_loss"] for r in rows)
     data = json.loads((out / "ladder.json").read_text())
     assert data["fit"]["alpha"] == pytest.approx(law.alpha, rel=0.15)
     assert 0 < data["isoflop"]["a"] < 1 and len(data["isoflop"]["minima"]) == 3
@@ -163,16 +176,16 @@ def test_grid_is_resumable_and_skips_finished_points(tiny_dataset, tmp_path, mon
     shutil.rmtree(checkpoint_dirs(killed)[-1])
     assert int(checkpoint_dirs(killed)[-1].name[5:]) == 8
 
-    import compactlm.train
+    import compactlm.train.trainer as trainer_module
 
     calls = []
-    real_train = compactlm.train.train
+    real_train = trainer_module.train
 
     def counting_train(cfg, resume=False, console=print):
         calls.append((cfg.run_dir, resume))
         return real_train(cfg, resume=resume, console=console)
 
-    monkeypatch.setattr(compactlm.train, "train", counting_train)
+    monkeypatch.setattr(trainer_module, "train", counting_train)
     config = load_ladder_config(path, ["jobs=1"])  # in-process, so the counter sees every call
     run_ladder(config, path, console=lambda *a: None)
     assert calls == [(str(killed), True)]
@@ -201,10 +214,14 @@ def test_ablation_plans_and_reports(tiny_dataset, tmp_path):
     p = next(p for p in points if p.name == "lr=0.01-seed2")
     assert p.train_config["optim"]["lr"] == 0.01 and p.train_config["seed"] == 2
     assert p.train_config["data"]["seed"] == 2
-    run_ladder(config, path, console=lambda *a: None)
+    summary = run_ladder(config, path, console=lambda *a: None)
     text = (tmp_path / "ladder" / "ladder.md").read_text()
     assert "## Ablation of `optim.lr`" in text and "exceeds the seed spread?" in text
-    assert (tmp_path / "ladder" / "ablation.png").is_file()
+    figure = summary["figures"]["ablation"]
+    assert png_size(tmp_path / "ladder" / "ablation.png") == (figure.width, figure.height)
+    finished = [json.loads((tmp_path / "ladder" / "points" / p.name / RESULT_FILE).read_text()) for p in points]
+    plotted = [y for label, _, ys in figure.lines if label.endswith(": seeds") for y in ys]
+    assert sorted(plotted) == sorted(r["val_loss"] for r in finished)
     table = json.loads((tmp_path / "ladder" / "ladder.json").read_text())["ablation"]
     assert [row["n"] for row in table] == [2, 2] and "p" in table[1]
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import compactlm
-from tests.conftest import hf_model_for, random_config
-from tests.test_model import compactlm_from_hf_model
+from tests.conftest import compactlm_from_hf_model, hf_model_for, random_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

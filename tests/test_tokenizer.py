@@ -1,7 +1,7 @@
 import pytest
 
 from compactlm.errors import CheckpointError
-from compactlm.tokenizer import Tokenizer, load_tokenizer
+from compactlm.tokenizer.tokenizer import Tokenizer, load_tokenizer
 
 TEXTS = ["Hello world", "  leading spaces and a tab\tafter", "def f(x):\n    return x * 2\n", "naïve café 日本"]
 
@@ -52,7 +52,7 @@ def test_corrupt_tokenizer_file_is_one_clear_error(tmp_path):
 
 
 def test_train_bpe_gives_llama_special_ids(tmp_path, sample_text):
-    from compactlm.tokenizer import train_bpe
+    from compactlm.tokenizer.tokenizer import train_bpe
 
     tok = train_bpe(sample_text.split("\n\n"), 500, tmp_path / "tok" / "tokenizer.json")
     assert (tok.kind, tok.vocab_size, tok.bos_id, tok.eos_id) == ("hf", 500, 1, 2)

@@ -11,15 +11,14 @@ import json
 from pathlib import Path
 
 import torch
-
 from safetensors.torch import save_file
 
-from compactlm.checkpoint import (CONFIG_FILE, config_with_tokenizer_ids, cpu_state, atomic_directory,
-                                  load_safetensors, load_torch_weights, read_json, short_list)
-from compactlm.config import ModelConfig
-from compactlm.errors import CheckpointError, ConfigError
-from compactlm.model import Transformer
-from compactlm.tokenizer import Tokenizer
+from compactlm.checkpoint.io import atomic_directory, cpu_state, load_safetensors, load_torch_weights, read_json
+from compactlm.checkpoint.layout import CONFIG_FILE
+from compactlm.config.model import ModelConfig
+from compactlm.errors import CheckpointError, ConfigError, short_list
+from compactlm.model.transformer import Transformer
+from compactlm.tokenizer.tokenizer import Tokenizer
 
 # Tensors some HF checkpoints carry that are recomputed, not learned.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -172,7 +171,9 @@ def load_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 def save_hf(model: Transformer, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
     """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads offline."""
     with atomic_directory(directory) as tmp:
-        config = config_with_tokenizer_ids(model.config, tokenizer)
+        config = model.config
+        if tokenizer is not None:
+            config = config.with_special_ids(tokenizer.bos_id, tokenizer.eos_id)
         save_file(state_dict_to_hf(cpu_state(model), config), tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
         generation = {"bos_token_id": config.bos_id, "eos_token_id": config.eos_id}

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from compactlm.checkpoint import build_model, finish_loading, load_torch_weights, load_weights, short_list
-from compactlm.config import ModelConfig, get_preset
-from compactlm.errors import CheckpointError, ConfigError
+from compactlm.checkpoint.io import load_torch_weights
+from compactlm.checkpoint.model import build_model, finish_loading, load_weights
+from compactlm.config.model import ModelConfig, get_preset
+from compactlm.errors import CheckpointError, ConfigError, short_list
 
 _LAYER_MAP = {
     "norm_1.weight": "attn_norm.weight",

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compactlm.data.prepare import MANIFEST, MANIFEST_FORMAT
+from compactlm.data.manifest import MANIFEST, has_manifest, read_manifest
 from compactlm.data.readers import DataError
 from compactlm.data.shards import Shard, read_litpkds
 
@@ -47,13 +47,10 @@ class TokenStream:
 
     def __init__(self, directory: str | Path, tokenizer_hash: str | None = None):
         self.directory = Path(directory)
-        manifest_path = self.directory / MANIFEST
-        if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text())
-            if manifest.get("format") != MANIFEST_FORMAT:
-                raise DataError(f"{manifest_path}: not a compactlm dataset manifest")
+        if has_manifest(self.directory):
+            manifest = read_manifest(self.directory)
             if tokenizer_hash is not None and manifest["tokenizer"]["hash"] != tokenizer_hash:
-                raise DataError(f"{manifest_path}: prepared with another tokenizer than the model's "
+                raise DataError(f"{self.directory / MANIFEST}: prepared with another tokenizer than the model's "
                                 f"({manifest['tokenizer']['hash'][:12]} vs {tokenizer_hash[:12]}); prepare it again")
             self.hash = manifest["hash"]
             self.parts = [Shard(self.directory / s["file"]).tokens for s in manifest["shards"]]
@@ -207,6 +204,18 @@ class Mixture:
                                                                   max(1, round(limit * self.weights[d])))
             pairs += [(d, first + j) for j in range(share)]
         return self._windows(pairs if limit is None else pairs[:limit])
+
+    def train_token_counts(self, vocab_size: int) -> list[np.ndarray]:
+        """How often each token id occurs in each dataset's training blocks (held-out blocks excluded)."""
+        counts = []
+        for stream, n_train in zip(self.streams, self.n_train):
+            end = int(n_train) * self.seq_len
+            total = np.zeros(vocab_size, dtype=np.int64)
+            for part, offset in zip(stream.parts, stream.offsets[:-1]):
+                take = max(0, min(len(part), end - int(offset)))
+                total += np.bincount(np.asarray(part[:take]), minlength=vocab_size)[:vocab_size]
+            counts.append(total)
+        return counts
 
     # ---- resume ---------------------------------------------------------------------------------
     def state(self, next_index: int) -> dict:

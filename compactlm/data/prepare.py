@@ -13,7 +13,6 @@ cover; a shard under its final name is always complete (temporary name, fsync, r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -25,14 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from compactlm.configuration import load_config
+from compactlm.config.loader import load_config
+from compactlm.data.manifest import MANIFEST, MANIFEST_FORMAT, has_manifest, read_manifest, write_manifest
 from compactlm.data.readers import DataError, SourceConfig, list_files, parse_records, read_batches, record_format
 from compactlm.data.shards import token_dtype, write_shard
 from compactlm.fileio import atomic_write
-from compactlm.tokenizer import Tokenizer
-
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "compactlm-tokens"
+from compactlm.tokenizer.tokenizer import Tokenizer
 
 
 @dataclass
@@ -150,11 +147,10 @@ def _shard_dtype(config: PrepareConfig, tokenizer: Tokenizer) -> str:
 
 
 def _check_output(directory: Path, tokenizer: Tokenizer) -> None:
-    manifest = directory / MANIFEST
-    if manifest.is_file():
-        recorded = json.loads(manifest.read_text())["tokenizer"]["hash"]
+    if has_manifest(directory):
+        recorded = read_manifest(directory)["tokenizer"]["hash"]
         if recorded != tokenizer.hash:
-            raise DataError(f"{manifest}: prepared with another tokenizer (hash {recorded[:12]}, this one "
+            raise DataError(f"{directory / MANIFEST}: prepared with another tokenizer (hash {recorded[:12]}, this one "
                             f"{tokenizer.hash[:12]}); use a new output_dir")
 
 
@@ -178,10 +174,6 @@ def _save_state(directory: Path, unit: _Unit, state: _UnitState, tokenizer: Toke
     path = _progress_path(directory, unit)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"input": str(unit.path), "tokenizer_hash": tokenizer.hash, **asdict(state)}
-    _write_json_atomic(path, payload)
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
     atomic_write(path, [json.dumps(payload, indent=2).encode()])
 
 
@@ -316,24 +308,17 @@ def _write_manifest(directory: Path, name: str, config: PrepareConfig, tokenizer
         entry["skipped"] = dict(sorted(entry["skipped"].items()))
     manifest = {
         "format": MANIFEST_FORMAT, "version": 1, "name": name, "dtype": dtype,
+        # The tokenizer travels with the data (`file`, beside the manifest); `path` records its origin.
         "tokenizer": {"kind": tokenizer.kind, "hash": tokenizer.hash, "vocab_size": tokenizer.vocab_size,
-                      "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "path": str(tokenizer.path)},
+                      "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "path": str(tokenizer.path),
+                      "file": tokenizer.save_model_file(directory).name},
         "documents": sum(s["documents"] for s in sources.values()),
         "tokens": sum(s["tokens"] for s in sources.values()),
         "sources": list(sources.values()),
         "shards": shards,
         "config": asdict(config),
     }
-    manifest["hash"] = manifest_hash(manifest)
-    _write_json_atomic(directory / MANIFEST, manifest)
-    return manifest
-
-
-def manifest_hash(manifest: dict) -> str:
-    """Identity of a prepared dataset's token stream: the tokenizer and the shards in order."""
-    key = json.dumps([manifest["tokenizer"]["hash"], manifest["dtype"],
-                      [(s["file"], s["tokens"]) for s in manifest["shards"]]])
-    return hashlib.sha256(key.encode()).hexdigest()
+    return write_manifest(directory, manifest)
 
 
 # ---- tokenizer -----------------------------------------------------------------------------------
@@ -344,7 +329,7 @@ def resolve_tokenizer(config: PrepareConfig) -> Tokenizer:
         return Tokenizer(path)
     if config.tokenizer.train_vocab_size <= 0:
         raise DataError(f"{path}: tokenizer not found (set tokenizer.train_vocab_size to train one)")
-    from compactlm.tokenizer import train_bpe
+    from compactlm.tokenizer.tokenizer import train_bpe
 
     sources = [s for d in config.datasets.values() for s in d.sources]
     return train_bpe(_sample_texts(sources, config.tokenizer.train_max_bytes), config.tokenizer.train_vocab_size,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from compactlm.errors import CompactlmError
@@ -12,7 +11,7 @@ DESCRIPTION = """\
 Evaluate checkpoints with lm-evaluation-harness through compactlm's backend, or measure perplexity
 and bits per byte on text files.
 
-  compactlm eval --checkpoint CKPT --tasks commonsense          # REFERENCE's zero-shot suite
+  compactlm eval --checkpoint CKPT --tasks commonsense          # the TinyLlama report's zero-shot suite
   compactlm eval --checkpoint CKPT --tasks problem-solving --confirm-run-unsafe-code
   compactlm eval --checkpoint CKPT --tasks local                # self-made offline tasks in tasks/
   compactlm eval --checkpoint CKPT --tasks arc_easy:5,piqa      # any lm-eval task, NAME:K for K-shot
@@ -93,12 +92,14 @@ def run(args: argparse.Namespace, console=print) -> None:
     limit = _limit(args.limit)
     progress = not args.no_progress
     _require_lm_eval()
-    from compactlm.eval import runner
+    from compactlm.eval import results, tasks
 
-    specs = runner.parse_tasks(args.tasks) if args.tasks else []
-    runner.check_unsafe(specs, args.confirm_run_unsafe_code)
+    specs = tasks.parse_tasks(args.tasks) if args.tasks else []
+    tasks.check_unsafe(specs, args.confirm_run_unsafe_code)
     if args.run:
-        summary = runner.evaluate_run(args.run, specs, args.include_path, limit, args.batch_size, args.device,
+        from compactlm.eval.evolution import evaluate_run
+
+        summary = evaluate_run(args.run, specs, args.include_path, limit, args.batch_size, args.device,
                                       args.dtype, args.confirm_run_unsafe_code, progress, console=console)
         console(summary["table"])
         console(f"wrote {summary['markdown']}, {summary['json']} and {len(summary['plots'])} plots in "
@@ -111,15 +112,15 @@ def run(args: argparse.Namespace, console=print) -> None:
 
         raise CheckpointError(f"{checkpoint}: no such checkpoint directory")
     out_dir = Path(args.output) if args.output else Path("eval-results") / checkpoint.resolve().name
-    manager = runner.task_manager(specs, args.include_path) if specs else None  # unknown names fail first
-    lm = runner.load_lm(checkpoint, args.batch_size, args.device, args.dtype, progress)
+    manager = tasks.task_manager(specs, args.include_path) if specs else None  # unknown names fail first
+    lm = tasks.load_lm(checkpoint, args.batch_size, args.device, args.dtype, progress)
     report: dict = {"checkpoint": str(checkpoint), "limit": limit}
     markdown = f"# Evaluation of {checkpoint}\n\n"
     if specs:
-        results = runner.evaluate_lm(lm, specs, manager, limit, args.confirm_run_unsafe_code)
-        table = runner.markdown_table([(checkpoint.name, results)], specs)
-        report["tasks"] = {t.name: {**results[t.key]} for t in specs}
-        report["average"] = runner.average([results[t.key] for t in specs])
+        scores = tasks.evaluate_lm(lm, specs, manager, limit, args.confirm_run_unsafe_code)
+        table = results.markdown_table([(checkpoint.name, scores)], specs)
+        report["tasks"] = {t.name: {**scores[t.key]} for t in specs}
+        report["average"] = results.average([scores[t.key] for t in specs])
         markdown += table
         console(table)
     if args.text:
@@ -131,6 +132,6 @@ def run(args: argparse.Namespace, console=print) -> None:
         markdown += ("\n" if specs else "") + table
         console(table)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runner._write_json(out_dir / "results.json", report)
-    runner._write_text(out_dir / "results.md", markdown)
+    results.write_json(out_dir / "results.json", report)
+    results.write_text(out_dir / "results.md", markdown)
     console(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")

@@ -70,8 +70,8 @@ class CompactLM(TemplateLM):
                  prefix_token_id: int | None = None, progress: bool | str = True, head_rows: int = 512,
                  **unused: Any):
         super().__init__()
-        from compactlm.checkpoint import from_pretrained
-        from compactlm.tokenizer import load_tokenizer
+        from compactlm.checkpoint.model import from_pretrained
+        from compactlm.tokenizer.tokenizer import load_tokenizer
 
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
             eval_logger.warning("device %s requested but CUDA is not available: using the CPU", device)
@@ -156,7 +156,7 @@ class CompactLM(TemplateLM):
             if self.tokenizer.kind == "sentencepiece":
                 from tokenizers import Tokenizer as HFTokenizer
 
-                from compactlm.tokenizer import sentencepiece_to_hf_json
+                from compactlm.tokenizer.tokenizer import sentencepiece_to_hf_json
 
                 self._pipeline = HFTokenizer.from_str(sentencepiece_to_hf_json(self.tokenizer._data))
                 self._pipeline.encode_special_tokens = True  # split_special_tokens in the exported config
@@ -189,6 +189,12 @@ class CompactLM(TemplateLM):
         return self._hf_tokenizer().decode(list(tokens), skip_special_tokens=skip_special_tokens)
 
     # ---- log-likelihoods ------------------------------------------------------------------------------------
+    def token_loglikelihoods(self, windows: list[tuple[list[int], list[int]]],
+                             progress: bool = True) -> list[tuple[float, bool]]:
+        """(context ids, continuation ids) -> (log p(continuation | context), is it the greedy choice?),
+        batched and packed as for lm-eval's requests: the entry point for callers outside lm-eval."""
+        return self._loglikelihood_tokens([(None, c, t) for c, t in windows], disable_tqdm=not progress)
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """requests: ((context, continuation) | None, context_ids, continuation_ids) -> (log p, greedy?)."""
         L = self.max_length
@@ -283,7 +289,8 @@ class CompactLM(TemplateLM):
         seg_q, seg_k = segments[:, :, None], segments[:, None, :]
         mask = ((seg_k == 0) | (seg_k == seg_q)) & (positions[:, None, :] <= positions[:, :, None]) & (seg_k >= 0)
         mask |= torch.eye(T, dtype=torch.bool)[None]  # padded queries see themselves: no empty softmax row
-        hidden = self._hidden(tokens.to(device), positions.to(device), mask[:, None].to(device))
+        hidden = self.model.hidden_states(tokens.to(device), position_ids=positions.to(device),
+                                          attn_mask=mask[:, None].to(device))
         picked = hidden[torch.tensor(sources_b, device=device), torch.tensor(sources_t, device=device)]
         return picked, targets, owners
 
@@ -299,15 +306,6 @@ class CompactLM(TemplateLM):
             for i, n in owners:
                 results[i] = (float(token_lp[start:start + n].sum()), bool(greedy[start:start + n].all()))
                 start += n
-
-    def _hidden(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The model's final-norm hidden states under an arbitrary attention mask [B, 1, T, T]."""
-        model = self.model
-        cos, sin = model.rope(positions)
-        x = model.embed(tokens)
-        for i, layer in enumerate(model.layers):
-            x = layer(x, cos, sin, mask, False, None, i)
-        return model.norm(x)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Sum of log-likelihoods of whole texts in disjoint windows of max_length (lm-eval's scheme)."""
@@ -363,7 +361,7 @@ class CompactLM(TemplateLM):
     @torch.inference_mode()
     def _greedy(self, prompts: list[list[int]], max_new: int, until: list[str], kwargs: dict) -> list[str]:
         """Left-padded batch decoding with the KV cache; a sequence stops at EOS or once a stop string shows."""
-        from compactlm.generate import decode_layout, sample_next
+        from compactlm.model.generate import decode_layout, sample_next
 
         device, model = self.device, self.model
         B, T = len(prompts), max(len(p) for p in prompts)

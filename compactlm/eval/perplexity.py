@@ -64,8 +64,8 @@ def text_perplexity(lm, files: list[str | Path], progress: bool = True) -> dict:
             ids = tok.encode(doc)
             n_tokens += len(ids)
             n_bytes += len(doc.encode("utf-8"))
-            windows += [(None, ctx, cont) for ctx, cont in lm.rolling_windows(ids)]
-        scores = lm._loglikelihood_tokens(windows, disable_tqdm=not progress)
+            windows += lm.rolling_windows(ids)
+        scores = lm.token_loglikelihoods(windows, progress=progress)
         nll = -sum(lp for lp, _ in scores)
         rows.append(_row(str(path), len(docs), n_tokens, n_bytes, nll))
     total = _row("total", sum(r["documents"] for r in rows), sum(r["tokens"] for r in rows),

@@ -1,31 +1,64 @@
-"""`compactlm ladder CONFIG [KEY=VALUE ...] [--jobs N] [--dry-run] [--report-only]`."""
+"""`compactlm ladder CONFIG [KEY=VALUE ...] [--jobs N] [--dry-run] [--report-only]`: plan, train, report."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+from compactlm.ladder.config import LadderConfig, LadderError, load_ladder_config, resolve_base
+from compactlm.ladder.grid import LOG_FILE, eval_spec, plan_points, point_state, read_result, run_points
+from compactlm.ladder.report import write_report
 
 
 def run(args) -> None:
-    from compactlm.ladder.config import load_ladder_config
-    from compactlm.ladder.grid import eval_spec, load_base, plan_points, point_state, run_ladder
-
     config = load_ladder_config(args.config, args.overrides)
     if args.jobs is not None:
         config.jobs = args.jobs
         config.validate(args.config)
     if args.dry_run:
-        base = load_base(config, args.config)
-        points = plan_points(config, base, args.config)
-        evaluation = eval_spec(config, base)
-        print(f"{config.mode} study, {len(points)} points -> {config.out_dir}/points "
-              f"(N: non-embedding parameters; C: {'flops_per_token x D' if config.flops == 'model' else '6ND'})")
-        print(f"{'point':<28}{'N':>12}{'D':>13}{'steps':>7}{'D/N':>8}{'C (FLOPs)':>11}  state")
-        for p in points:
-            print(f"{p.name:<28}{p.n_params:>12,}{p.tokens:>13,}{p.steps:>7}{p.tokens / p.n_params:>8.1f}"
-                  f"{p.flops(config.flops):>11.3g}  {point_state(p, evaluation)}")
-        print(f"total {sum(p.flops('model') for p in points):.3g} training FLOPs (flops_per_token x D)")
+        dry_run(config, args.config)
         return
     started = time.perf_counter()
     summary = run_ladder(config, args.config, train_points=not args.report_only)
     print(f"ladder: {summary['finished']}/{summary['points']} points finished; report {summary.get('report', '-')} "
           f"({time.perf_counter() - started:.0f} s)")
+
+
+def dry_run(config: LadderConfig, config_path) -> None:
+    base = load_base(config, config_path)
+    points = plan_points(config, base, config_path)
+    evaluation = eval_spec(config, base)
+    print(f"{config.mode} study, {len(points)} points -> {config.out_dir}/points "
+          f"(N: non-embedding parameters; C: {'flops_per_token x D' if config.flops == 'model' else '6ND'})")
+    print(f"{'point':<28}{'N':>12}{'D':>13}{'steps':>7}{'D/N':>8}{'C (FLOPs)':>11}  state")
+    for p in points:
+        print(f"{p.name:<28}{p.n_params:>12,}{p.tokens:>13,}{p.steps:>7}{p.tokens / p.n_params:>8.1f}"
+              f"{p.flops(config.flops):>11.3g}  {point_state(p, evaluation)}")
+    print(f"total {sum(p.flops('model') for p in points):.3g} training FLOPs (flops_per_token x D)")
+
+
+def load_base(config: LadderConfig, config_path: str | Path | None):
+    from compactlm.config.train import load_train_config
+
+    return load_train_config(str(resolve_base(config, config_path)), config.overrides)
+
+
+def run_ladder(config: LadderConfig, config_path: str | Path | None = None, console=print, train_points: bool = True,
+               report: bool = True) -> dict:
+    """Plan, train the unfinished points, fit and write the report; returns the report's data."""
+    base = load_base(config, config_path)
+    points = plan_points(config, base, str(config_path or "ladder config"))
+    evaluation = eval_spec(config, base)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    failed = run_points(points, config, evaluation, console) if train_points else []
+    results = {p.name: r for p in points if (r := read_result(p)) is not None and r.get("spec_hash") == p.spec_hash}
+    summary = {"points": len(points), "finished": len(results), "failed": failed,
+               "seconds": time.perf_counter() - started}
+    if report:
+        summary.update(write_report(config, points, results, out, config_path=config_path, console=console))
+    if failed:
+        raise LadderError(f"{len(failed)} point(s) failed: {', '.join(failed)} (see their {LOG_FILE}); "
+                          "re-run the same command to resume them")
+    return summary

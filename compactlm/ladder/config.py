@@ -19,9 +19,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compactlm.configuration import load_config
+from compactlm.config.loader import load_config
 from compactlm.errors import CompactlmError
-from compactlm.train import ModelSection
+from compactlm.config.train import ModelSection
 
 
 class LadderError(CompactlmError):

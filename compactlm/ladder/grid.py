@@ -1,6 +1,6 @@
 """Ladder points: planning, running (resumable, in parallel processes) and the final evaluation.
 
-Each point is a normal training run directory, `OUT/points/<name>/`, trained by `compactlm.train.train`
+Each point is a normal training run directory, `OUT/points/<name>/`, trained by `compactlm.train.trainer.train`
 with the base config and the point's size, step count and schedule. When training returns, the point
 is evaluated on a fixed validation set (the base config's held-out blocks, `eval_samples` of them, the
 same for every point) and `ladder_result.json` is written atomically: that file marks a finished point.
@@ -13,7 +13,6 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import time
@@ -21,10 +20,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compactlm.configuration import from_dict, to_dict
+from compactlm.checkpoint import layout
+from compactlm.config.loader import from_dict, to_dict
+from compactlm.config.train import TrainConfig, resolve_run, result_defining
 from compactlm.errors import CompactlmError
 from compactlm.fileio import atomic_write
 from compactlm.ladder.config import LadderConfig, LadderError, SizeSpec
+from compactlm.ladder.plots import count
 
 RESULT_FILE = "ladder_result.json"
 LOG_FILE = "train.log"
@@ -51,11 +53,8 @@ class Point:
 
     @property
     def spec_hash(self) -> str:
-        """What the point trains (its resolved config, run directory aside): a finished point must match it."""
-        cfg = {k: v for k, v in self.train_config.items() if k not in ("run_dir",)}
-        for key in ("checkpoint_every", "keep_checkpoints", "log_every", "tensorboard", "eval_every", "eval_samples"):
-            cfg.pop(key, None)
-        cfg["train"] = {k: v for k, v in cfg["train"].items() if k not in ("micro_batch", "kernels")}
+        """What the point trains (the config keys that can change its result): a finished point must match it."""
+        cfg = result_defining(from_dict(TrainConfig, self.train_config, self.name))
         return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -80,33 +79,13 @@ def _set_key(data: dict, key: str, value, source: str) -> None:
     node[parts[-1]] = value
 
 
-def _format_count(x: float) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
 def _value_label(value) -> str:
     text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
     return "".join(c if c.isalnum() or c in ".-_+" else "_" for c in text).strip("_") or "value"
 
 
-def base_vocab_size(base) -> int:
-    from compactlm.tokenizer import Tokenizer
-    from compactlm.train import manifest_tokenizer
-
-    if not base.data.datasets:
-        raise LadderError("the base train config has no data.datasets")
-    path = base.data.tokenizer or manifest_tokenizer(Path(base.data.datasets[0].path))
-    return Tokenizer(path).vocab_size
-
-
 def plan_points(config: LadderConfig, base, source: str = "ladder config") -> list[Point]:
     """The points of a study, in the order they are run (cheapest first)."""
-    from compactlm.train import TrainConfig
-
-    vocab = base_vocab_size(base)
     base_dict = to_dict(base)
     out = Path(config.out_dir)
 
@@ -132,7 +111,7 @@ def plan_points(config: LadderConfig, base, source: str = "ladder config") -> li
         data["eval_every"] = steps  # one validation, at the end (the ladder evaluates again, on more blocks)
         try:
             train_config = from_dict(TrainConfig, data, source)
-            model = train_config.model.build_config(vocab, seq_len)
+            model = resolve_run(train_config).model  # as the trainer will resolve it
         except CompactlmError as exc:
             raise LadderError(f"{source}: point {name}: {exc}") from None
         return Point(name=name, size=label, n_params=model.non_embedding_params, total_params=model.num_params,
@@ -152,7 +131,7 @@ def plan_points(config: LadderConfig, base, source: str = "ladder config") -> li
     elif config.mode == "grid":
         for size in config.sizes:
             for tokens in config.tokens:
-                points.append(make(f"{size.label()}-{_format_count(tokens)}", size, tokens, size.label(), {}))
+                points.append(make(f"{size.label()}-{count(tokens)}", size, tokens, size.label(), {}))
     else:
         for size in config.sizes:
             probe = make(f"{size.label()}-probe", size, 1e30, size.label(), {})
@@ -198,63 +177,49 @@ def read_result(point: Point) -> dict | None:
 
 def point_state(point: Point, evaluation: dict) -> str:
     """done | evaluate (trained, validation set changed) | resume | new."""
-    from compactlm.train import checkpoint_dirs
-
     result = read_result(point)
     if result is not None:
         if result.get("spec_hash") != point.spec_hash:
             raise LadderError(f"{point_dir(point)}: finished with a different config than this ladder's; "
                               "use another out_dir, or delete the point to retrain it")
         return "done" if result.get("eval") == evaluation else "evaluate"
-    return "resume" if checkpoint_dirs(point_dir(point)) else "new"
+    return "resume" if layout.latest_checkpoint(point_dir(point)) else "new"
 
 
 # ---- running --------------------------------------------------------------------------------------
 def _final_checkpoint(run_dir: Path, steps: int) -> Path:
-    from compactlm.train import checkpoint_dirs
-
-    found = checkpoint_dirs(run_dir)
-    if not found or int(found[-1].name[5:]) != steps:
+    found = layout.latest_checkpoint(run_dir)
+    if found is None or layout.step_of(found) != steps:
         raise LadderError(f"{run_dir}: training returned without a checkpoint of step {steps}")
-    return found[-1]
+    return found
 
 
 def evaluate_checkpoint(checkpoint: Path, evaluation: dict, precision: str = "auto", device: str = "cpu") -> dict:
     """Mean next-token loss (nats) and bits per byte of a checkpoint on the ladder's validation blocks."""
     import torch
 
-    from compactlm.checkpoint import from_pretrained
+    from compactlm.checkpoint.model import from_pretrained
     from compactlm.data.mixture import Mixture, MixtureSource
-    from compactlm.tokenizer import load_tokenizer
-    from compactlm.train import autocast_dtype, lm_loss, resolve_device
+    from compactlm.tokenizer.tokenizer import load_tokenizer
+    from compactlm.train.runtime import autocast_dtype, resolve_device
+    from compactlm.train.validate import Validator
 
     dev = resolve_device(device)
-    model = from_pretrained(checkpoint, device=dev).eval()
+    model = from_pretrained(checkpoint, device=dev)
     tokenizer = load_tokenizer(checkpoint)
     mixture = Mixture([MixtureSource(**d) for d in evaluation["datasets"]], evaluation["seq_len"],
                       evaluation["seed"], evaluation["val_fraction"], tokenizer_hash=tokenizer.hash)
     samples = torch.from_numpy(mixture.val_samples(evaluation["samples"]))
     if not len(samples):
         raise LadderError(f"{checkpoint}: the validation set is empty (raise data.val_fraction)")
-    amp = autocast_dtype(precision, dev)
-    total = 0.0
-    with torch.no_grad():
-        for chunk in samples.split(16):
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                total += lm_loss(model, chunk.to(dev)).item() * len(chunk)
-    loss = total / len(samples)
-    targets = samples[:, 1:]
-    n_bytes = sum(len(tokenizer.decode(row.tolist()).encode("utf-8")) for row in targets)
-    return {"val_loss": loss, "val_bpb": loss / math.log(2) * targets.numel() / n_bytes,
-            "val_blocks": len(samples), "val_tokens": int(targets.numel())}
+    result = Validator(samples, tokenizer, 16, dev, autocast_dtype(precision, dev))(model)
+    return {k: result[k] for k in ("val_loss", "val_bpb", "val_blocks", "val_tokens")}
 
 
 def _last_train_loss(run_dir: Path, steps: int) -> float | None:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    tail = [r["loss"] for r in records if "loss" in r and r["step"] > steps - max(1, steps // 20)]
+    from compactlm.train.metrics import read_metrics, step_records
+
+    tail = [r["loss"] for r in step_records(read_metrics(run_dir)) if r["step"] > steps - max(1, steps // 20)]
     return sum(tail) / len(tail) if tail else None
 
 
@@ -262,7 +227,7 @@ def run_point(payload: dict) -> dict:
     """Train (or resume) one point, evaluate it, write its result atomically. Runs in a worker process."""
     import torch
 
-    from compactlm.train import TrainConfig, checkpoint_dirs, train
+    from compactlm.train import trainer  # trainer.train, looked up at call time (tests count the calls)
 
     if payload.get("threads"):
         torch.set_num_threads(payload["threads"])
@@ -276,10 +241,10 @@ def run_point(payload: dict) -> dict:
             print(*args, file=log, flush=True)
 
         if not payload.get("evaluate_only"):
-            found = checkpoint_dirs(run_dir)
-            resumed_from = int(found[-1].name[5:]) if found else 0
+            latest = layout.latest_checkpoint(run_dir)
+            resumed_from = layout.step_of(latest) if latest else 0
             config = from_dict(TrainConfig, point.train_config, str(run_dir))
-            train(config, resume=True, console=console)
+            trainer.train(config, resume=True, console=console)
         checkpoint = _final_checkpoint(run_dir, point.steps)
         metrics = evaluate_checkpoint(checkpoint, payload["eval"], point.train_config["train"]["precision"],
                                       point.train_config["device"])
@@ -353,33 +318,3 @@ def run_points(points: list[Point], config: LadderConfig, evaluation: dict, cons
 
 def _interrupted(exc: BaseException) -> bool:
     return "stopped by signal" in str(exc)
-
-
-def load_base(config: LadderConfig, config_path: str | Path | None):
-    from compactlm.ladder.config import resolve_base
-    from compactlm.train import load_train_config
-
-    return load_train_config(str(resolve_base(config, config_path)), config.overrides)
-
-
-def run_ladder(config: LadderConfig, config_path: str | Path | None = None, console=print, train_points: bool = True,
-               report: bool = True) -> dict:
-    """Plan, train the unfinished points, fit and write the report; returns the report's data."""
-    base = load_base(config, config_path)
-    points = plan_points(config, base, str(config_path or "ladder config"))
-    evaluation = eval_spec(config, base)
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    failed = run_points(points, config, evaluation, console) if train_points else []
-    results = {p.name: r for p in points if (r := read_result(p)) is not None and r.get("spec_hash") == p.spec_hash}
-    summary = {"points": len(points), "finished": len(results), "failed": failed,
-               "seconds": time.perf_counter() - started}
-    if report:
-        from compactlm.ladder.report import write_report
-
-        summary.update(write_report(config, points, results, out, config_path=config_path, console=console))
-    if failed:
-        raise LadderError(f"{len(failed)} point(s) failed: {', '.join(failed)} (see their {LOG_FILE}); "
-                          "re-run the same command to resume them")
-    return summary

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -13,31 +12,14 @@ from compactlm.fileio import atomic_write
 from compactlm.ladder import fit as F
 from compactlm.ladder.config import LadderConfig
 from compactlm.ladder.grid import Point
+from compactlm.ladder.plots import (count, num, plot_ablation, plot_extrapolation, plot_isoflop, plot_law_fit,
+                                    plot_loss_vs_tokens, plot_residuals)
 
 PLOTS = {"loss_vs_tokens": "loss_vs_tokens.png", "isoflop": "isoflop.png", "law_fit": "law_fit.png",
          "residuals": "residuals.png", "extrapolation": "extrapolation.png", "ablation": "ablation.png"}
 
 
-# ---- formatting ---------------------------------------------------------------------------------
-def _num(x: float, digits: int = 3) -> str:
-    if x is None or not np.isfinite(x):
-        return "n/a"
-    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
-        mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return f"{x:.{digits}g}"
-
-
-def _count(x: float) -> str:
-    if x is None or not np.isfinite(x):
-        return "n/a"
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def _ci(values, confidence: float, fmt=_num) -> str:
+def _ci(values, confidence: float, fmt=num) -> str:
     low, high = F.interval(values, confidence)
     return f"[{fmt(low)}, {fmt(high)}]" if np.isfinite(low) else "n/a"
 
@@ -48,166 +30,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ---- plots ----------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=120)
-    _pyplot().close(fig)
-    atomic_write(path, [buffer.getvalue()])
-
-
-def _sizes(rows):
-    order = sorted({(r["n_params"], r["size"]) for r in rows})
-    cmap = _pyplot().get_cmap("viridis")
-    return {label: cmap(i / max(1, len(order) - 1) * 0.9) for i, (_, label) in enumerate(order)}, order
-
-
-def plot_loss_vs_tokens(rows, law, out: Path) -> None:
-    plt = _pyplot()
-    colors, order = _sizes(rows)
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    for n, label in order:
-        mine = sorted((r["tokens"], r["val_loss"]) for r in rows if r["size"] == label)
-        ax.plot(*zip(*mine), "o-", color=colors[label], label=f"{label} (N {_count(n)})")
-        if law is not None:
-            d = np.logspace(math.log10(min(t for t, _ in mine)) - 0.3, math.log10(max(t for t, _ in mine)) + 0.3, 50)
-            ax.plot(d, law.predict(n, d), "--", color=colors[label], alpha=0.6, lw=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("tokens trained D")
-    ax.set_ylabel("final validation loss (nats/token)")
-    ax.set_title("loss vs tokens per size" + (" (dashed: fitted law)" if law is not None else ""))
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    _save(fig, out)
-
-
-def plot_isoflop(groups, approach2, law, flops, window: int, out: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    cmap = plt.get_cmap("plasma")
-    budgets = sorted(groups)
-    for i, (budget, minimum) in enumerate(zip(budgets, approach2["minima"])):
-        ns, _, ls = groups[budget]
-        color = cmap(i / max(1, len(budgets) - 1) * 0.85)
-        ax.plot(ns, ls, "o", color=color, label=f"C = {_num(budget, 2)} FLOPs")
-        if minimum["valid"]:
-            c2, c1, c0 = minimum["coef"]
-            used = [ns[j] for j in F.around_minimum(ns, ls, window)]
-            x = np.linspace(math.log(min(used)) - 0.3, math.log(max(used)) + 0.3, 80)
-            ax.plot(np.exp(x), c0 + c1 * x + c2 * x ** 2, "-", color=color, alpha=0.7)
-            ax.plot([minimum["N"]], [minimum["loss"]], "*", ms=14, color=color, mec="black",
-                    label=f"  parabola minimum N* {_count(minimum['N'])}" + ("" if minimum["inside"] else " (outside)"))
-        if law is not None:
-            n_star, _, l_star = F.compute_optimal(law, budget, flops)
-            ax.plot([n_star], [l_star], "D", ms=6, mfc="none", color=color)
-    if law is not None:
-        ax.plot([], [], "D", mfc="none", color="gray", label="law's optimum (approach 3)")
-    ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters N")
-    ax.set_ylabel("final validation loss (nats/token)")
-    ax.set_title("isoFLOP profiles with fitted minima (approach 2)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    _save(fig, out)
-
-
-def plot_law_fit(rows, law, r2: float, out: Path) -> None:
-    plt = _pyplot()
-    colors, order = _sizes(rows)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    measured = np.array([r["val_loss"] for r in rows])
-    for _, label in order:
-        mine = [r for r in rows if r["size"] == label]
-        ax.plot([float(law.predict(r["n_params"], r["tokens"])) for r in mine], [r["val_loss"] for r in mine], "o",
-                color=colors[label], label=label)
-    lo, hi = measured.min() - 0.05, measured.max() + 0.05
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
-    ax.set_xlabel("predicted L(N, D)")
-    ax.set_ylabel("measured validation loss")
-    ax.set_title(f"fitted law vs measured points (R² {r2:.3f})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, out)
-
-
-def plot_residuals(rows, law, out: Path) -> None:
-    plt = _pyplot()
-    colors, order = _sizes(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for _, label in order:
-        mine = [r for r in rows if r["size"] == label]
-        res = [100 * (r["val_loss"] / float(law.predict(r["n_params"], r["tokens"])) - 1) for r in mine]
-        axes[0].plot([r["n_params"] for r in mine], res, "o", color=colors[label], label=label)
-        axes[1].plot([r["tokens"] for r in mine], res, "o", color=colors[label])
-    for ax, xlabel in zip(axes, ("non-embedding parameters N", "tokens trained D")):
-        ax.axhline(0, color="black", lw=1)
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("residual: measured / predicted - 1 (%)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("residuals of the fitted law")
-    _save(fig, out)
-
-
-def plot_extrapolation(law, boots, flops, target: dict, name: str, confidence: float, out: Path) -> None:
-    plt = _pyplot()
-    rule = 20 * target["N"]  # Chinchilla's rule of thumb, for reference
-    d = np.logspace(math.log10(min(target["D_opt"], rule)) - 1.0, math.log10(max(target["D"], target["D_opt"])) + 0.7, 120)
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    ax.plot(d, law.predict(target["N"], d), color="tab:blue", label=f"predicted L({name}, D)")
-    if boots:
-        curves = np.array([b.predict(target["N"], d) for b in boots])
-        tail = (1 - confidence) / 2 * 100
-        low, high = np.percentile(curves, [tail, 100 - tail], axis=0)
-        ax.fill_between(d, low, high, color="tab:blue", alpha=0.2, label=f"{confidence:.0%} bootstrap band")
-    ax.axvline(target["D_opt"], color="tab:green", ls="--",
-               label=f"compute-optimal D {_count(target['D_opt'])} ({target['tokens_per_param_opt']:.0f} tokens/param)")
-    ax.axvline(target["D"], color="tab:red", ls="--", label=f"trained D {_count(target['D'])}")
-    ax.axvline(rule, color="gray", ls="-.", lw=1, label=f"20 tokens/param (Chinchilla's rule of thumb) {_count(rule)}")
-    ax.axhline(target["loss_star"], color="gray", ls=":",
-               label=f"loss of the compute-optimal model at equal compute (N {_count(target['N_star'])})")
-    ax.set_xscale("log")
-    ax.set_xlabel("tokens trained D")
-    ax.set_ylabel("predicted loss (this corpus, nats/token)")
-    ax.set_title(f"{name} (N {_count(target['N'])} non-embedding): extrapolated, very uncertain")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    _save(fig, out)
-
-
-def plot_ablation(groups: list[tuple[str, list[float]]], knob: str, out: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(groups) + 2), 4.5))
-    for i, (label, losses) in enumerate(groups):
-        ax.plot([i] * len(losses), losses, "o", color="tab:blue", alpha=0.6)
-        if len(losses) > 1:
-            ax.errorbar([i + 0.12], [np.mean(losses)], yerr=[np.std(losses, ddof=1)], fmt="s", color="black", capsize=4)
-    ax.set_xticks(range(len(groups)), [g[0] for g in groups])
-    ax.set_xlabel(knob)
-    ax.set_ylabel("final validation loss (nats/token)")
-    ax.set_title(f"ablation of {knob}: seeds (dots), mean ± std (squares)")
-    ax.grid(alpha=0.3, axis="y")
-    _save(fig, out)
-
-
 # ---- analysis -----------------------------------------------------------------------------------
 def flops_curve(config: LadderConfig, rows: list[dict]) -> F.FlopsCurve:
     """F(N) for the compute-optimal analysis: 6N, or the model count between the ladder's shapes and the
     target's family (the presets above the ladder's largest size, at the target's vocabulary and context)."""
     if config.flops == "6nd":
         return F.FlopsCurve()
-    from compactlm.config import PRESETS, get_preset
+    from compactlm.config.model import PRESETS, get_preset
 
     anchors = [(r["n_params"], r["flops_per_token"]) for r in rows]
     largest = max(n for n, _ in anchors)
@@ -257,10 +86,10 @@ def write_report(config: LadderConfig, points: list[Point], results: dict[str, d
              if config.flops == "model" else "C = 6 N D (the Kaplan/Chinchilla approximation).")
           + f" Loss: mean next-token cross-entropy (nats) on the same {rows[0]['val_blocks'] if rows else '?'} "
           "held-out blocks for every point, after the run's last step.\n"]
-    written = []
+    written, figures = [], {}
 
     def plot(key: str, fn, *args) -> None:
-        fn(*args, out / PLOTS[key])
+        figures[key] = fn(*args, out / PLOTS[key])
         written.append(PLOTS[key])
 
     law = None
@@ -282,7 +111,8 @@ def write_report(config: LadderConfig, points: list[Point], results: dict[str, d
     atomic_write(out / "ladder.json", [json.dumps(data, indent=2, default=_json_default).encode() + b"\n"])
     atomic_write(report, ["\n".join(md).encode()])
     console(f"wrote {report}, {out / 'ladder.json'} and {len(written)} plot(s)")
-    return {"report": str(report), "plots": written, "law": law.as_dict() if law is not None else None}
+    return {"report": str(report), "plots": written, "figures": figures,
+            "law": law.as_dict() if law is not None else None}
 
 
 def _json_default(x):
@@ -301,7 +131,7 @@ def _points_table(rows: list[dict], law) -> str:
     body = []
     for r in rows:
         row = [r["name"], f"{r['n_params']:,}", f"{r['total_params']:,}", f"{r['tokens']:,}",
-               f"{r['tokens'] / r['n_params']:.1f}", str(r["steps"]), _num(r["flops_model"]), f"{r['val_loss']:.4f}",
+               f"{r['tokens'] / r['n_params']:.1f}", str(r["steps"]), num(r["flops_model"]), f"{r['val_loss']:.4f}",
                f"{r['val_bpb']:.3f}"]
         if law is not None:
             predicted = float(law.predict(r["n_params"], r["tokens"]))
@@ -341,7 +171,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
               ("a", "N*(C) ~ C^a, = beta/(alpha+beta)"), ("b", "D*(C) ~ C^b, = alpha/(alpha+beta)")]
     fitted = law.as_dict()
     md.append(_table(["parameter", "fit", f"{conf:.0%} CI", "meaning"],
-                     [[k, _num(fitted[k], 4), _ci([b.as_dict()[k] for b in boots], conf), meaning]
+                     [[k, num(fitted[k], 4), _ci([b.as_dict()[k] for b in boots], conf), meaning]
                       for k, meaning in params]))
     md.append(f"\nQuality: R² {r2:.4f} on the losses ({r2_log:.4f} on log-losses); residuals (measured / predicted - 1): "
               f"RMS {100 * data['rms_residual']:.2f}%, largest {100 * data['max_residual']:.2f}% "
@@ -368,9 +198,9 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
         body = []
         for m in approach2["minima"]:
             n3, d3, l3 = F.compute_optimal(law, m["C"], flops)
-            body.append([_num(m["C"], 3), _count(m["N"]), _count(m["D"]), _num(m["loss"], 4),
+            body.append([num(m["C"], 3), count(m["N"]), count(m["D"]), num(m["loss"], 4),
                          "yes" if m["inside"] else ("no (extrapolated)" if m["valid"] else "no minimum"),
-                         _count(n3), _count(d3), _num(l3, 4)])
+                         count(n3), count(d3), num(l3, 4)])
         through = (f"the {window} sizes around each budget's lowest loss" if window else "each budget's points")
         md.append(f"\nApproach 2 (isoFLOP profiles): a parabola in log N through {through}; its vertex "
                   "is N*, and D* = C / FLOPs-per-token(N*). Approach 3's optimum at the same C beside it.\n\n")
@@ -391,7 +221,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
 
 
 def _target_section(config, law, boots, flops, rows, plot, data, conf) -> list[str]:
-    from compactlm.config import get_preset
+    from compactlm.config.model import get_preset
 
     fit_cfg = config.fit
     target = get_preset(fit_cfg.target, vocab_size=fit_cfg.target_vocab, max_seq_len=fit_cfg.target_seq_len)
@@ -400,7 +230,7 @@ def _target_section(config, law, boots, flops, rows, plot, data, conf) -> list[s
         main = F.target_analysis(law, flops, n_ref, d_ref)
     except (ValueError, ZeroDivisionError, OverflowError, FloatingPointError) as exc:
         data["target"] = {"name": fit_cfg.target, "error": str(exc)}
-        return [f"\n## Extrapolation: {fit_cfg.target} trained on {_count(d_ref)} tokens\n",
+        return [f"\n## Extrapolation: {fit_cfg.target} trained on {count(d_ref)} tokens\n",
                 f"Not computable from this fit ({exc}): the law has no usable optimum.\n"]
     per_boot = []
     for b in boots:
@@ -410,34 +240,34 @@ def _target_section(config, law, boots, flops, rows, plot, data, conf) -> list[s
             continue
     data["target"] = {"name": fit_cfg.target, **main}
 
-    def ci(key, fmt=_num):
+    def ci(key, fmt=num):
         return _ci([t[key] for t in per_boot], conf, fmt)
 
     n_max, d_max = max(r["n_params"] for r in rows), max(r["tokens"] for r in rows)
     rows_md = [
-        ["compute-optimal tokens D_opt for this N", _count(main["D_opt"]), ci("D_opt", _count)],
+        ["compute-optimal tokens D_opt for this N", count(main["D_opt"]), ci("D_opt", count)],
         ["  = tokens per parameter", f"{main['tokens_per_param_opt']:.1f}", ci("tokens_per_param_opt")],
-        ["loss at D_opt", _num(main["loss_at_D_opt"], 4), ci("loss_at_D_opt")],
-        [f"loss at D = {_count(d_ref)}", _num(main["loss"], 4), ci("loss")],
-        [f"what {_count(d_ref)} tokens buy over D_opt (loss drop)", _num(main["loss_gain"], 3), ci("loss_gain")],
+        ["loss at D_opt", num(main["loss_at_D_opt"], 4), ci("loss_at_D_opt")],
+        [f"loss at D = {count(d_ref)}", num(main["loss"], 4), ci("loss")],
+        [f"what {count(d_ref)} tokens buy over D_opt (loss drop)", num(main["loss_gain"], 3), ci("loss_gain")],
         ["over-training factor D / D_opt", f"{main['overtraining']:.3g}x", ci("overtraining")],
-        ["training compute C = F(N) x D", _num(main["C"]), "-"],
-        ["compute-optimal model at that C: N*", _count(main["N_star"]), ci("N_star", _count)],
-        ["  its tokens D*", _count(main["D_star"]), ci("D_star", _count)],
-        ["  its loss", _num(main["loss_star"], 4), ci("loss_star")],
-        ["equal-loss larger model at equal compute: N", _count(main["N_equal_loss"]), ci("N_equal_loss", _count)],
-        ["  its tokens", _count(main["D_equal_loss"]), ci("D_equal_loss", _count)],
-        ["compute the optimal frontier needs for the same loss", _num(main["C_equal_loss"]), ci("C_equal_loss")],
+        ["training compute C = F(N) x D", num(main["C"]), "-"],
+        ["compute-optimal model at that C: N*", count(main["N_star"]), ci("N_star", count)],
+        ["  its tokens D*", count(main["D_star"]), ci("D_star", count)],
+        ["  its loss", num(main["loss_star"], 4), ci("loss_star")],
+        ["equal-loss larger model at equal compute: N", count(main["N_equal_loss"]), ci("N_equal_loss", count)],
+        ["  its tokens", count(main["D_equal_loss"]), ci("D_equal_loss", count)],
+        ["compute the optimal frontier needs for the same loss", num(main["C_equal_loss"]), ci("C_equal_loss")],
         ["  = compute over-training spends for it (ratio)", f"{main['compute_ratio']:.2f}x", ci("compute_ratio")],
     ]
-    md = [f"\n## Extrapolation: {fit_cfg.target} trained on {_count(d_ref)} tokens\n",
+    md = [f"\n## Extrapolation: {fit_cfg.target} trained on {count(d_ref)} tokens\n",
           f"N = {n_ref:,.0f} non-embedding parameters ({target.num_params:,} in all at vocabulary "
           f"{fit_cfg.target_vocab}), {target.flops_per_token(fit_cfg.target_seq_len) / 1e9:.2f} GFLOPs per "
           f"training token at context {fit_cfg.target_seq_len}. {len(per_boot)} bootstrap fits for the "
           f"{conf:.0%} intervals.\n\n",
           _table(["quantity", "law", f"{conf:.0%} CI"], rows_md),
           f"\n**Caveat.** This extrapolates the law {n_ref / n_max:,.0f}x beyond the largest N measured "
-          f"({_count(n_max)}) and {d_ref / d_max:,.0f}x beyond the largest D ({_count(d_max)}). Losses are in "
+          f"({count(n_max)}) and {d_ref / d_max:,.0f}x beyond the largest D ({count(d_max)}). Losses are in "
           "nats on this study's data and tokenizer, not on the target's (E in particular is a property of the "
           "corpus); only the shape of the trade-off (tokens per parameter, loss drops, compute ratios) carries "
           "over, and even that holds only if the exponents stay constant over the whole range, which "

@@ -18,7 +18,10 @@ from safetensors.torch import load_file
 import compactlm
 from compactlm.cli import main
 from compactlm.data.readers import DataError
-from compactlm.train import OptimSection, Trainer, TrainingError, checkpoint_dirs, lr_at, train
+from compactlm.checkpoint.layout import complete_checkpoints as checkpoint_dirs
+from compactlm.config.train import OptimSection
+from compactlm.train.optim import lr_at
+from compactlm.train.trainer import Trainer, TrainingError, train
 from tests.conftest import tiny_train_config
 
 
@@ -54,6 +57,12 @@ def test_learning_rate_changes_once_per_optimizer_step_not_per_micro_batch(tiny_
     assert [r["step"] for r in steps] == list(range(1, 9))
     assert [r["lr"] for r in steps] == pytest.approx([lr_at(s, config.optim, 8) for s in range(8)])
     assert steps[-1]["tokens"] == 8 * 8 * 32
+    # Peak memory on every step line (CPU: the process's peak RSS), so each run checks `compactlm plan`.
+    import resource
+
+    peaks = [r["peak_memory"] for r in steps]
+    assert peaks == sorted(peaks) and peaks[0] > 50 * 2**20  # non-decreasing; torch alone takes more than 50 MiB
+    assert peaks[-1] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def test_gradient_accumulation_is_equivalent_to_a_big_batch(tiny_dataset, tmp_path):
@@ -87,7 +96,7 @@ def run_cli(args, env_extra=None, **kwargs):
 
 
 def write_config(config, path: Path) -> Path:
-    from compactlm.configuration import to_dict
+    from compactlm.config.loader import to_dict
 
     path.write_text(yaml.safe_dump(to_dict(config)))
     return path
@@ -164,7 +173,7 @@ def test_resume_refuses_another_model_or_data(tiny_dataset, tmp_path):
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_dataset, tmp_path, monkeypatch):
-    import compactlm.train as train_module
+    import compactlm.train.trainer as train_module
 
     real_loss, calls = train_module.lm_loss, {"n": 0}
 

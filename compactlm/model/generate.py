@@ -7,7 +7,6 @@ described by an attention mask, as in transformers (positions count real tokens 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from compactlm.errors import CompactlmError
-from compactlm.model import Transformer
+from compactlm.model.transformer import Transformer
 
 
 class _InputMajorLinear(nn.Module):
@@ -131,14 +130,3 @@ def _decode(model, input_ids, max_new_tokens, temperature, top_k, top_p, attenti
             position_ids = position_ids[:, -1:] + 1
         logits = model(token[:, None], cache=cache, position_ids=position_ids, last_only=True)
     return out[:, :length]
-
-
-class _CallableModule(type(sys.modules[__name__])):
-    """`compactlm.generate(...)` must call the function even once this module of the same name is
-    imported (importing a submodule binds it on the package, shadowing the function exported there)."""
-
-    def __call__(self, *args, **kwargs):
-        return generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

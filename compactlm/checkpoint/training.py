@@ -1,7 +1,7 @@
-"""The model and optimizer of a training checkpoint, full or sharded, for one process or many.
+"""The training state of a checkpoint: model and optimizer, full or sharded, and train_state.pt.
 
-Two layouts inside a `step-XXXXXXXX/` directory (train.py writes the rest: config.json, tokenizer,
-train_state.pt with step, data position and RNG):
+Two layouts of the model and optimizer inside a `step-XXXXXXXX/` directory (compactlm.checkpoint.layout
+names the files; config.json and the tokenizer are written by compactlm.checkpoint.model):
 
 - full: `model.safetensors` (what `from_pretrained` reads) and the optimizer in train_state.pt.
   Rank 0 gathers everything and writes it; the default for a single process.
@@ -34,14 +34,32 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from compactlm.errors import CheckpointError
+from compactlm.checkpoint.io import load_safetensors
+from compactlm.checkpoint.layout import DCP_DIR, STATE_FILE, WEIGHTS_FILE, is_sharded
+from compactlm.errors import CheckpointError, first_line
 
-DCP_DIR = "dcp"
 FORMATS = ("auto", "full", "sharded")
+STATE_KEYS = ("step", "tokens_seen", "data", "nonfinite_total", "nonfinite_run", "rng_cpu")
 
 
-def is_sharded(path: Path) -> bool:
-    return (Path(path) / DCP_DIR / ".metadata").is_file()
+# ---- train_state.pt -------------------------------------------------------------------------------
+def write_train_state(directory: Path, state: dict) -> None:
+    torch.save(state, Path(directory) / STATE_FILE)
+
+
+def read_train_state(checkpoint: Path) -> dict:
+    """train_state.pt of a checkpoint, loaded without running code, with its keys checked."""
+    path = Path(checkpoint) / STATE_FILE
+    try:  # read whole, not memory-mapped: the optimizer keeps these tensors and updates them in place
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except Exception as exc:  # truncated zip, unsafe pickle, ...
+        raise CheckpointError(f"{path}: cannot load safely with weights_only=True ({first_line(exc)})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a compactlm training state (missing {', '.join(missing)})")
+    return state
 
 
 # ---- safe metadata --------------------------------------------------------------------------------
@@ -104,7 +122,7 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tied: b
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
     if tied:
-        model_sd.pop("lm_head.weight", None)  # stored once, as the embedding (as checkpoint.py does)
+        model_sd.pop("lm_head.weight", None)  # stored once, as the embedding (checkpoint.io.model_state_dict)
     return {k: v.contiguous() for k, v in model_sd.items()}, optim_sd
 
 
@@ -125,8 +143,6 @@ def save_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, direc
 def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path,
                         full_optimizer_state: dict | None, tied: bool) -> None:
     """Restore model and optimizer from either layout, whatever the number of ranks. Collective."""
-    from compactlm.checkpoint import WEIGHTS_FILE, load_safetensors
-
     path = Path(path)
     if is_sharded(path):
         model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -151,6 +167,6 @@ def load_sharded_weights(path: Path, state: dict[str, torch.Tensor]) -> dict[str
     except CheckpointError:
         raise
     except Exception as exc:  # DCP wraps per-rank failures in CheckpointException
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path / DCP_DIR}: cannot load the model from this sharded checkpoint ({first})") from None
+        raise CheckpointError(f"{path / DCP_DIR}: cannot load the model from this sharded checkpoint "
+                              f"({first_line(exc)})") from None
     return wrapped["model"]

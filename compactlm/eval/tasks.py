@@ -1,4 +1,4 @@
-"""Task suites, evaluation of one checkpoint or of every checkpoint of a run, tables and plots.
+"""Task suites and running lm-evaluation-harness on one checkpoint.
 
 Task specifications are comma-separated names: a suite (`commonsense`, `problem-solving`, `local`),
 an lm-eval task or group name, or `NAME:K` to force K-shot. Each task reports one headline
@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import logging
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
-from compactlm.errors import CheckpointError, CompactlmError
+from compactlm.errors import CheckpointError, CompactlmError, first_line
+from compactlm.eval.results import jsonable
 
 
 class EvalError(CompactlmError):
@@ -42,7 +41,7 @@ class TaskSpec:
         return self.label or self.name
 
 
-# REFERENCE (Evaluation): commonsense reasoning zero-shot, columns in the report's order; problem
+# The TinyLlama report's evaluation: commonsense reasoning zero-shot, columns in the report's order; problem
 # solving as InstructEval ran it. bbh_fewshot is BBH's direct-answer 3-shot prompt set.
 SUITES: dict[str, list[TaskSpec]] = {
     "commonsense": [TaskSpec("hellaswag", 0, "HellaSwag"), TaskSpec("openbookqa", 0, "OBQA"),
@@ -180,8 +179,7 @@ def evaluate_lm(lm, specs: list[TaskSpec], manager, limit: int | float | None = 
         except CompactlmError:
             raise
         except Exception as exc:  # datasets / lm-eval: missing data offline, bad task config, ...
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EvalError(f"lm-eval failed on {', '.join(t.name for t in group)}: {message}") from exc
+            raise EvalError(f"lm-eval failed on {', '.join(t.name for t in group)}: {first_line(exc)}") from exc
         seconds = time.perf_counter() - started
         for t in group:
             res = result["results"].get(t.name)
@@ -191,54 +189,12 @@ def evaluate_lm(lm, specs: list[TaskSpec], manager, limit: int | float | None = 
             entry = {"task": t.name, "num_fewshot": shots, "metric": picked and picked[0],
                      "value": picked and picked[1], "stderr": picked and picked[2],
                      "samples": result.get("n-samples", {}).get(t.name, {}).get("effective"),
-                     "all": {k: _jsonable(v) for k, v in res.items() if "," in k},
+                     "all": {k: jsonable(v) for k, v in res.items() if "," in k},
                      "seconds": round(seconds / len(group), 2)}
             if log_samples:
                 entry["samples_log"] = result.get("samples", {}).get(t.name)
             out[t.key] = entry
     return out
-
-
-def _jsonable(value):
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return None if isinstance(value, float) and math.isnan(value) else value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def average(entries: list[dict | None]) -> float | None:
-    values = [e["value"] for e in entries if e and e.get("value") is not None]
-    return sum(values) / len(values) if len(values) == len(entries) and values else None
-
-
-def _fmt(value: float | None, metric: str | None = None) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.2f}"
-
-
-def _tokens(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return str(n)
-
-
-def markdown_table(rows: list[tuple[str, dict[str, dict]]], specs: list[TaskSpec], first: str = "model") -> str:
-    """REFERENCE's shape: one row per model or checkpoint, one column per task (x100), then the average."""
-    header = f"| {first} | " + " | ".join(t.title for t in specs) + " | avg |"
-    lines = [header, "|" + "---|" * (len(specs) + 2)]
-    for label, results in rows:
-        entries = [results.get(t.key) for t in specs]
-        cells = [_fmt(e and e["value"]) for e in entries]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(average(entries))} |")
-    metrics = ", ".join(f"{t.title}: {e['metric'].removesuffix(',none')}" for t in specs for e in [next(
-        (r[t.key] for _, r in rows if r.get(t.key) and r[t.key].get("metric")), None)] if e)
-    return "\n".join(lines) + (f"\n\nMetrics (x100): {metrics}." if metrics else "") + "\n"
 
 
 # ---- one checkpoint -----------------------------------------------------------------------------------------
@@ -260,185 +216,6 @@ def evaluate_checkpoint(checkpoint: str | Path, specs: list[TaskSpec], include_p
     manager = task_manager(specs, include_paths)
     lm = load_lm(checkpoint, batch_size, device, dtype, progress)
     return evaluate_lm(lm, specs, manager, limit, confirm_run_unsafe_code)
-
-
-# ---- every checkpoint of a run --------------------------------------------------------------------------------
-_STEP_DIR = re.compile(r"step-(\d{8})")
-
-
-def run_checkpoints(run_dir: Path) -> list[Path]:
-    root = run_dir / "checkpoints"
-    if not run_dir.is_dir():
-        raise EvalError(f"{run_dir}: no such run directory")
-    found = [p for p in root.iterdir() if _STEP_DIR.fullmatch(p.name) and (p / "config.json").is_file()] \
-        if root.is_dir() else []
-    if not found:
-        raise EvalError(f"{run_dir}: no checkpoints (expected {root}/step-XXXXXXXX directories)")
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a kill
-    return records
-
-
-def tokens_seen(checkpoint: Path, metrics: list[dict]) -> int | None:
-    step = int(checkpoint.name[5:])
-    found = None
-    for r in metrics:
-        if r.get("step") == step and "tokens" in r:
-            found = int(r["tokens"])  # after a resume the last line for a step wins
-    if found is not None:
-        return found
-    state = checkpoint / "train_state.pt"
-    if state.is_file():
-        try:
-            import torch
-
-            return int(torch.load(state, map_location="cpu", weights_only=True)["tokens_seen"])
-        except Exception:
-            return None
-    return None
-
-
-def _checkpoint_id(checkpoint: Path) -> str:
-    """Changes when the directory is replaced (checkpoints are renamed into place atomically)."""
-    st = checkpoint.stat()
-    return f"{st.st_ino}-{st.st_mtime_ns}"
-
-
-def _limit_key(limit) -> str:
-    return "all" if limit is None else str(limit)
-
-
-def evaluate_run(run_dir: str | Path, specs: list[TaskSpec], include_paths=None, limit=None, batch_size: int = 16,
-                 device: str | None = None, dtype: str | None = None, confirm_run_unsafe_code: bool = False,
-                 progress: bool = True, console=print) -> dict[str, Any]:
-    """Evaluate every checkpoint of a run, reusing RUN_DIR/eval/step-XXXXXXXX.json; write the table,
-    results.json and plots under RUN_DIR/eval. Returns {"evaluated": [...], "cached": [...], paths}."""
-    run_dir = Path(run_dir)
-    check_unsafe(specs, confirm_run_unsafe_code)
-    checkpoints = run_checkpoints(run_dir)
-    metrics = read_metrics(run_dir)
-    out_dir = run_dir / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lkey = _limit_key(limit)
-    manager = None
-    evaluated, cached = [], []
-    rows = []
-    for checkpoint in checkpoints:
-        cache_file = out_dir / f"{checkpoint.name}.json"
-        data = _read_cache(cache_file, _checkpoint_id(checkpoint))
-        per_limit = data["results"].setdefault(lkey, {})
-        todo = [t for t in specs if t.key not in per_limit]
-        if todo:
-            if manager is None:
-                manager = task_manager(specs, include_paths)
-            console(f"{checkpoint.name}: evaluating {', '.join(t.name for t in todo)}")
-            lm = load_lm(checkpoint, batch_size, device, dtype, progress)
-            per_limit.update(evaluate_lm(lm, todo, manager, limit, confirm_run_unsafe_code))
-            del lm
-            data["tokens"] = tokens_seen(checkpoint, metrics)
-            _write_json(cache_file, data)
-            evaluated.append((checkpoint.name, [t.name for t in todo]))
-        else:
-            cached.append(checkpoint.name)
-        if data.get("tokens") is None:
-            data["tokens"] = tokens_seen(checkpoint, metrics)
-        rows.append((checkpoint, data["tokens"], {t.key: per_limit[t.key] for t in specs}))
-    if cached:
-        console(f"cached: {', '.join(cached)} (results in {out_dir})")
-
-    table = markdown_table([(f"{c.name} ({_tokens(n)} tokens)", r) for c, n, r in rows], specs, first="checkpoint")
-    summary = {"run_dir": str(run_dir), "limit": limit, "tasks": [dataclasses.asdict(t) for t in specs],
-               "checkpoints": [{"checkpoint": c.name, "step": int(c.name[5:]), "tokens": n,
-                                "results": {t.name: _public(r[t.key]) for t in specs},
-                                "average": average([r[t.key] for t in specs])} for c, n, r in rows]}
-    stem = "results" if limit is None else f"results-limit{limit}"
-    _write_text(out_dir / f"{stem}.md", f"# Evaluation of {run_dir}\n\n{table}")
-    _write_json(out_dir / f"{stem}.json", summary)
-    plots = plot_evolution(rows, specs, metrics, out_dir / "plots")
-    return {"evaluated": evaluated, "cached": cached, "table": table, "markdown": out_dir / f"{stem}.md",
-            "json": out_dir / f"{stem}.json", "plots": plots}
-
-
-def _public(entry: dict) -> dict:
-    return {k: v for k, v in entry.items() if k != "samples_log"}
-
-
-def _read_cache(path: Path, checkpoint_id: str) -> dict:
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("checkpoint_id") == checkpoint_id and isinstance(data.get("results"), dict):
-                return data
-        except ValueError:
-            pass  # a damaged cache is recomputed
-    return {"checkpoint_id": checkpoint_id, "results": {}}
-
-
-def _write_text(path: Path, text: str) -> None:
-    from compactlm.fileio import atomic_write
-
-    atomic_write(path, [text.encode()])
-
-
-def _write_json(path: Path, data) -> None:
-    _write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
-
-
-def plot_evolution(rows, specs: list[TaskSpec], metrics: list[dict], out_dir: Path) -> list[Path]:
-    """One PNG per task (its metric against tokens seen), the average, and validation loss."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def save(fig, name):
-        fig.tight_layout()
-        path = out_dir / name
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-
-    points = [(n if n is not None else int(c.name[5:]), r) for c, n, r in rows]
-    xlabel = "tokens seen" if all(n is not None for _, n, _ in rows) else "step"
-    series = [(t.title, re.sub(r"[^A-Za-z0-9_.-]+", "_", t.name), [(x, r[t.key]["value"]) for x, r in points
-                                                                   if r[t.key].get("value") is not None],
-               next((r[t.key]["metric"] for _, r in points if r[t.key].get("metric")), "score")) for t in specs]
-    series.append(("average", "average", [(x, average([r[t.key] for t in specs])) for x, r in points
-                                          if average([r[t.key] for t in specs]) is not None], "mean score"))
-    for title, name, values, metric in series:
-        if not values:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        ax.plot([x for x, _ in values], [100 * v for _, v in values], "o-")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"{metric.removesuffix(',none')} (x100)")
-        ax.set_title(title if title == name else f"{title} ({name})")
-        ax.grid(alpha=0.3)
-        save(fig, f"{name}.png")
-    val = [(r["tokens"], r["val_loss"]) for r in metrics if "val_loss" in r and "tokens" in r]
-    if val:
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        ax.plot(*zip(*val), "o-", color="tab:orange")
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel("validation loss (nats/token)")
-        ax.set_title("validation loss")
-        ax.grid(alpha=0.3)
-        save(fig, "val_loss.png")
-    return written
 
 
 def demo_evaluation(checkpoint: str | Path, task: str = "compactlm_facts") -> dict | None:

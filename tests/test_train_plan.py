@@ -4,10 +4,10 @@ against peaks measured on an H100, and the `compactlm plan` command on the TinyL
 import pytest
 import torch
 
-from compactlm.checkpoint import build_model
+from compactlm.checkpoint.model import build_model
 from compactlm.cli import main
-from compactlm.config import get_preset
-from compactlm.plan import (GIB, PlanError, Setup, _block_saved_bytes, largest_micro_batch, parse_size, plan_memory,
+from compactlm.config.model import get_preset
+from compactlm.train.plan import (GIB, PlanError, Setup, _block_saved_bytes, largest_micro_batch, parse_size, plan_memory,
                             usable_memory)
 
 
@@ -87,16 +87,24 @@ def test_sharding_divides_the_optimizer_state_and_checkpointing_shrinks_activati
 
 
 def test_plan_command_shows_the_tinyllama_recipe_fits_16_gpus_of_40gb(capsys):
-    assert main(["plan", "configs/tinyllama-1.1b.yaml", "--gpus", "16", "--gpu-memory", "40GiB"]) == 0
+    assert main(["plan", "configs/tinyllama-1.1b.yaml", "--gpus", "16", "--gpu-memory", "40GiB",
+                 "--vocab-size", "32000"]) == 0
     out = capsys.readouterr().out
     assert "FSDP2 over 16 ranks" in out and "micro-batch 8 x 2048" in out
     assert "no activation ckpt   micro-batch 8: fits" in out
     assert "global batch 1024: 8 accumulation steps" in out
     # On one such GPU, eager kernels and no sharding, it does not.
-    assert main(["plan", "configs/tinyllama-1.1b.yaml", "--gpu-memory", "40GiB", "train.kernels=eager"]) == 0
+    assert main(["plan", "configs/tinyllama-1.1b.yaml", "--gpu-memory", "40GiB", "--vocab-size", "32000",
+                 "train.kernels=eager"]) == 0
     assert "no activation ckpt   micro-batch 8: does NOT fit" in capsys.readouterr().out
 
 
 def test_plan_command_rejects_a_bad_size(capsys):
     assert main(["plan", "configs/tinyllama-1.1b.yaml", "--gpu-memory", "lots"]) == 1
     assert "--gpu-memory 'lots'" in capsys.readouterr().err
+
+
+def test_plan_without_the_data_names_the_missing_tokenizer_and_the_way_out(capsys):
+    assert main(["plan", "configs/tinyllama-1.1b.yaml", "--gpus", "16"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no manifest.json" in err and "--vocab-size" in err

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compactlm.errors import ConfigError
+from compactlm.fileio import read_json
 
 FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"  # beside the weights, as in Hugging Face checkpoints
 
 
 @dataclass
@@ -86,8 +88,13 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def with_special_ids(self, bos_id: int | None, eos_id: int | None) -> "ModelConfig":
+        """The tokenizer decides bos/eos; the config records them for loaders without the tokenizer."""
+        return dataclasses.replace(self, bos_id=bos_id, eos_id=eos_id)
+
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "ModelConfig":
+        data = {k: v for k, v in data.items() if k not in ("format", "format_version")}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -100,6 +107,17 @@ class ModelConfig:
     def save(self, path: str | Path) -> None:
         payload = {"format": "compactlm", "format_version": FORMAT_VERSION, **self.to_dict()}
         Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        """Read a compactlm `config.json` (a file, or the checkpoint directory holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_FILE
+        data = read_json(path, ConfigError)
+        if not isinstance(data, dict) or data.get("format") != "compactlm":
+            raise ConfigError(f"{path}: not a compactlm model config (no \"format\": \"compactlm\")")
+        return cls.from_dict(data, source=str(path))
 
 
 def _ladder_rung(name: str, n_layer: int, d_model: int, n_kv_head: int) -> ModelConfig:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compactlm.kernels import linear_cross_entropy
+from compactlm.model.fused_loss import linear_cross_entropy
 
 
 def reference_loss(hidden, weight, targets):
@@ -84,9 +84,11 @@ def test_fast_path_training_tracks_eager_over_50_steps_on_cuda():
     term) moves the loss much further within a few steps.
     """
     import compactlm
-    from compactlm.checkpoint import cpu_state
-    from compactlm.kernels import apply_kernels
-    from compactlm.train import OptimSection, lm_loss, make_optimizer
+    from compactlm.checkpoint.model import cpu_state
+    from compactlm.train.runtime import apply_kernels
+    from compactlm.config.train import OptimSection
+    from compactlm.model.transformer import lm_loss
+    from compactlm.train.optim import make_optimizer
 
     device = torch.device("cuda")
     config = compactlm.get_preset("tinyllama-13m", vocab_size=8000, max_seq_len=256)
@@ -101,7 +103,7 @@ def test_fast_path_training_tracks_eager_over_50_steps_on_cuda():
         model = compactlm.build_model(config, device=device)
         model.load_state_dict(state)
         apply_kernels(model, mode, device)
-        optimizer = make_optimizer(model, OptimSection(lr=1e-3, warmup_steps=1), device)
+        optimizer = make_optimizer(model, OptimSection(lr=1e-3, warmup_steps=1))
         losses = []
         for step in range(50):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):

@@ -2,7 +2,7 @@
 
     tokens -> embedding -> n_layer x [x + attn(rmsnorm(x)); x + swiglu(rmsnorm(x))] -> rmsnorm -> head
 
-Matches `transformers.LlamaForCausalLM` numerically (tests/test_model.py checks the logits). Two
+Matches `transformers.LlamaForCausalLM` numerically (tests/test_model_transformer.py checks the logits). Two
 storage choices differ from Hugging Face's layout and are undone by `compactlm.convert.hf`:
 q, k and v are one fused projection (`qkv`, rows [q heads | k heads | v heads]) and gate and up are
 one (`gate_up`, rows [gate | up]), so each block runs two input matmuls instead of five.
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from compactlm.config import ModelConfig
-from compactlm.kernels import linear_cross_entropy, loss_chunk_rows
+from compactlm.config.model import ModelConfig
+from compactlm.model.fused_loss import linear_cross_entropy, loss_chunk_rows
 
 
 class RMSNorm(nn.Module):
@@ -176,7 +176,7 @@ class Transformer(nn.Module):
         """idx [B, T] -> logits [B, T, vocab] (or [B, 1, vocab] with last_only).
 
         targets [B, T]: return the mean next-token cross-entropy instead. The head and the loss run
-        fused over chunks of tokens (compactlm.kernels), never holding float32 logits for the whole
+        fused over chunks of tokens (compactlm.model.fused_loss), never holding float32 logits for the whole
         batch; fused_loss=False is the reference path (full logits, then cross-entropy). The loss is
         computed here, inside forward, so that FSDP's hooks gather the head's weight for it.
         cache: continue from `cache.length` cached positions and append these T.
@@ -192,15 +192,25 @@ class Transformer(nn.Module):
                                     loss_chunk_rows(x.device.type))
 
     def hidden_states(self, idx: torch.Tensor, *, cache: KVCache | None = None,
-                      position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None):
-        """The final-norm output [B, T, d_model] that the head turns into logits (see forward)."""
+                      position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                      attn_mask: torch.Tensor | None = None):
+        """The final-norm output [B, T, d_model] that the head turns into logits (see forward).
+
+        attn_mask [B|1, 1, T, T] (bool, True = may attend): replaces the causal mask, e.g. for
+        several sequences packed into one row that must not see each other (no cache).
+        """
         T = idx.shape[1]
         start = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(start, start + T, device=idx.device)[None]
         cos, sin = self.rope(position_ids)
-        key_valid = self._key_valid(attention_mask, cache, start)
-        mask, is_causal = self._attention_mask(T, start, key_valid, idx.device)
+        if attn_mask is not None:
+            if cache is not None or attention_mask is not None:
+                raise ValueError("attn_mask replaces the causal mask: pass neither cache nor attention_mask with it")
+            mask, is_causal = attn_mask, False
+        else:
+            key_valid = self._key_valid(attention_mask, cache, start)
+            mask, is_causal = self._attention_mask(T, start, key_valid, idx.device)
 
         x = self.embed(idx)
         for i, layer in enumerate(self.layers):
@@ -249,3 +259,11 @@ class Transformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def lm_loss(model: nn.Module, batch: torch.Tensor, fused: bool = True) -> torch.Tensor:
+    """Mean next-token cross-entropy of a [B, T + 1] batch (inputs [:, :-1], targets [:, 1:]).
+
+    `model` may be the Transformer or its FSDP/DDP wrapper: the loss runs inside its forward.
+    """
+    return model(batch[:, :-1], batch[:, 1:], fused_loss=fused)

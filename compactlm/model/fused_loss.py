@@ -1,6 +1,4 @@
-"""Fast paths that replace plain PyTorch ops without changing the math.
-
-`linear_cross_entropy`: the output head and the cross-entropy loss in one pass over row chunks, so
+"""`linear_cross_entropy`: the output head and the cross-entropy loss in one pass over row chunks, so
 the [tokens, vocab] float32 logits never exist for the whole batch. For a small model with a 32k
 vocabulary those logits (and log-softmax's saved copy for backward) are most of the memory traffic
 of a training step. The gradients of the head are computed chunk by chunk in the forward pass, as
@@ -10,28 +8,6 @@ in Liger-Kernel's fused linear cross-entropy, and handed to autograd at backward
 from __future__ import annotations
 
 import torch
-
-KERNEL_MODES = ("auto", "eager", "compile")
-
-
-def apply_kernels(model, mode: str, device: torch.device) -> list[str]:
-    """Switch on the fast paths for `mode`; returns what is in use, for the start-up report.
-
-    auto: on CUDA, `torch.compile` each transformer block (fuses RMSNorm, RoPE, SwiGLU and the
-    residual adds into a few kernels; attention stays on SDPA's flash backend); elsewhere eager.
-    compile: compile blocks on any device. eager: plain PyTorch everywhere (the reference path).
-    The fused linear + cross-entropy of the head is used in every mode but eager.
-    """
-    if mode not in KERNEL_MODES:
-        raise ValueError(f"kernels {mode!r}: choose one of {', '.join(KERNEL_MODES)}")
-    used = ["sdpa attention"]
-    if mode == "eager":
-        return used + ["plain cross-entropy"]
-    if mode == "compile" or (mode == "auto" and device.type == "cuda"):
-        for block in model.layers:
-            block.compile(dynamic=False)  # in place: parameter names, hence checkpoints, stay the same
-        used.append("torch.compile per block")
-    return used + ["fused linear+cross-entropy"]
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:

@@ -5,9 +5,8 @@ import torch
 
 import compactlm
 from compactlm.cli import main
-from compactlm.generate import sample_next
-from tests.conftest import hf_model_for, random_config
-from tests.test_model import compactlm_from_hf_model
+from compactlm.model.generate import sample_next
+from tests.conftest import compactlm_from_hf_model, hf_model_for, random_config
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from compactlm.config import ModelConfig
-from compactlm.kernels import loss_chunk_rows
+from compactlm.config.model import ModelConfig
 from compactlm.errors import CompactlmError
+from compactlm.model.fused_loss import loss_chunk_rows
 
 GIB = 1024 ** 3
 # Kept free on a GPU for the CUDA context, NCCL buffers and allocator fragmentation.
@@ -90,7 +90,7 @@ class MemoryPlan:
 def _block_saved_bytes(c: ModelConfig, precision: str, parallelism: str, compiled: bool) -> int:
     """Bytes per token that one block saves for backward (model.Block.forward).
 
-    tests/test_plan.py checks the eager counts against the tensors autograd actually saves.
+    tests/test_train_plan.py checks the eager counts against the tensors autograd actually saves.
     """
     d, kv, f = c.d_model, c.n_kv_head * c.head_dim, c.ffn_dim
     act = 4 if precision == "fp32" else 2
@@ -216,44 +216,22 @@ def format_plan(config: ModelConfig, setup: Setup, gpu_memory: int | None, globa
             lines.append(f"  {label:<20} micro-batch {setup.micro_batch}: {fits} "
                          f"({p.total / GIB:.1f} GiB); largest micro-batch that fits: {largest}")
     if global_batch:
-        per_step = setup.micro_batch * setup.ranks
-        if global_batch % per_step:
-            lines.append(f"note: global batch {global_batch} is not a multiple of micro-batch x ranks ({per_step})")
-        else:
-            lines.append(f"global batch {global_batch}: {global_batch // per_step} accumulation steps")
+        lines.append(f"global batch {global_batch}: {setup.accumulation} accumulation steps")
     return "\n".join(lines)
 
 
-def setup_from_train_config(train_config, ranks: int, micro_batch: int | None = None, seq_len: int | None = None,
-                            device: str = "cuda") -> tuple[ModelConfig, Setup]:
-    """The model and memory setup a `compactlm train` config describes, without touching its data."""
-    from compactlm.parallelize import resolve_parallelism
+def setup_from_train_config(train_config, ranks: int, device: str = "cuda",
+                            vocab_size: int | None = None) -> tuple[ModelConfig, Setup]:
+    """The model and memory setup of a `compactlm train` config on `ranks` devices, resolved exactly
+    as the trainer resolves it (`resolve_run`); vocab_size plans without the data's tokenizer."""
+    from compactlm.config.train import resolve_run
+    from compactlm.train.distributed import resolve_parallelism
 
-    t, data = train_config.train, train_config.data
-    seq = seq_len or data.seq_len
-    vocab = _vocab_size(train_config)
-    config = train_config.model.build_config(vocab, seq)
-    parallelism = resolve_parallelism(t.parallelism, ranks)
-    precision = "fp32" if t.precision == "fp32" else "bf16"
-    micro_batch = micro_batch or t.micro_batch
-    setup = Setup(micro_batch=micro_batch, seq_len=seq, ranks=ranks, parallelism=parallelism,
-                  accumulation=max(1, t.global_batch // (micro_batch * ranks)),
-                  precision=precision, activation_checkpointing=t.activation_checkpointing,
-                  fused_loss=t.kernels != "eager", device=device,
-                  compiled=t.kernels == "compile" or (t.kernels == "auto" and device == "cuda"))
-    return config, setup
-
-
-def _vocab_size(train_config) -> int:
-    """The tokenizer's vocabulary if the config's tokenizer or first dataset can be read, else Llama-2's 32000."""
-    from pathlib import Path
-
-    from compactlm.tokenizer import Tokenizer
-    from compactlm.train import manifest_tokenizer
-
-    path = train_config.data.tokenizer
-    if not path and train_config.data.datasets and (Path(train_config.data.datasets[0].path) / "manifest.json").is_file():
-        path = manifest_tokenizer(train_config.data.datasets[0].path)
-    if path and Path(path).exists():
-        return Tokenizer(path).vocab_size
-    return 32000
+    run = resolve_run(train_config, ranks, vocab_size=vocab_size)
+    t = train_config.train
+    setup = Setup(micro_batch=t.micro_batch, seq_len=train_config.data.seq_len, ranks=ranks,
+                  parallelism=resolve_parallelism(t.parallelism, ranks), accumulation=run.accumulation,
+                  precision="fp32" if t.precision == "fp32" else "bf16",
+                  activation_checkpointing=t.activation_checkpointing, fused_loss=t.kernels != "eager",
+                  device=device, compiled=t.kernels == "compile" or (t.kernels == "auto" and device == "cuda"))
+    return run.model, setup

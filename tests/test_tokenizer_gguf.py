@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from compactlm.errors import CheckpointError
-from compactlm.tokenizer import Tokenizer
+from compactlm.tokenizer.tokenizer import Tokenizer
 
 LLAMA_VOCAB = Path(__file__).parent / "assets" / "ggml-vocab-llama-spm.gguf"
 

@@ -32,7 +32,7 @@ class Tokenizer:
     def __init__(self, path: str | Path, bos_id: int | None = None, eos_id: int | None = None):
         self.path = Path(path)
         if self.path.suffix == ".gguf":
-            from compactlm.gguf import sentencepiece_model_from_gguf
+            from compactlm.tokenizer.gguf import sentencepiece_model_from_gguf
 
             data, self.kind = sentencepiece_model_from_gguf(self.path), "sentencepiece"
         else:
@@ -107,15 +107,20 @@ class Tokenizer:
         return self._sp.id_to_piece(token_id) if self.kind == "sentencepiece" else self._hf.id_to_token(token_id)
 
     # ---- saving ----------------------------------------------------------------------------
+    def save_model_file(self, directory: str | Path) -> Path:
+        """Write the tokenizer's own model file (tokenizer.model or tokenizer.json) atomically; a
+        GGUF tokenizer is written as the SentencePiece model rebuilt from it (same hash)."""
+        path = Path(directory) / (SPM_FILE if self.kind == "sentencepiece" else HF_FILE)
+        atomic_write(path, [self._data])
+        return path
+
     def save(self, directory: str | Path) -> None:
         """Copy the tokenizer file and write a tokenizer_config.json that transformers understands."""
         directory = Path(directory)
+        self.save_model_file(directory)
         if self.kind == "sentencepiece":
-            (directory / SPM_FILE).write_bytes(self._data)
             # transformers reads tokenizer.json first; this conversion tokenises like SentencePiece.
             (directory / HF_FILE).write_text(sentencepiece_to_hf_json(self._data))
-        else:
-            (directory / HF_FILE).write_bytes(self._data)
         (directory / CONFIG_FILE).write_text(json.dumps(self._hf_config(), indent=2) + "\n")
 
     def _hf_config(self) -> dict:

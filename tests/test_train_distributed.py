@@ -15,9 +15,8 @@ import pytest
 import torch
 import yaml
 
-from compactlm.configuration import to_dict
-from compactlm.train import checkpoint_dirs
-from compactlm.train_checkpoint import is_sharded
+from compactlm.config.loader import to_dict
+from compactlm.checkpoint.layout import complete_checkpoints as checkpoint_dirs, is_sharded
 from tests.conftest import tiny_train_config
 
 STEPS = 20

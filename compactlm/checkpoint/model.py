@@ -1,0 +1,129 @@
+"""Model checkpoint directories: build, save and load, with the tensors checked before they land.
+
+A compactlm checkpoint directory holds `config.json` (a `ModelConfig`, marked `"format":
+"compactlm"`), `model.safetensors` (or a sharded `dcp/` training checkpoint) and the tokenizer files.
+`from_pretrained` also accepts a Hugging Face Llama directory (safetensors, sharded or not, or
+`pytorch_model.bin`) and converts it on the fly. Nothing here unpickles code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from compactlm.checkpoint.io import atomic_directory, cpu_state, load_safetensors, model_state_dict, read_json
+from compactlm.checkpoint.layout import CONFIG_FILE, WEIGHTS_FILE, is_sharded
+from compactlm.config.model import ModelConfig, get_preset
+from compactlm.errors import CheckpointError, short_list
+from compactlm.model.transformer import Transformer
+from compactlm.tokenizer.tokenizer import Tokenizer
+
+
+def build_model(config: ModelConfig | str, device: str | torch.device | None = None,
+                dtype: torch.dtype | None = None, **overrides) -> Transformer:
+    """A freshly initialised model for a preset name or a config; device="meta" allocates nothing."""
+    if isinstance(config, str):
+        config = get_preset(config, **overrides)
+    elif overrides:
+        raise TypeError("overrides are only accepted with a preset name")
+    with torch.device(device or "cpu"):
+        model = Transformer(config)
+    return model.to(dtype) if dtype is not None else model
+
+
+def load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load `state` into `model` (possibly on the meta device), refusing any mismatch with one message."""
+    check_tensors(model, state, source)
+    current = model_state_dict(model)
+    dtype = next(iter(current.values())).dtype
+    state = {k: v.to(dtype) for k, v in state.items()}
+    if model.config.tie_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
+    on_meta = model.embed.weight.device.type == "meta"
+    model.load_state_dict(state, strict=True, assign=on_meta)
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight  # assign=True replaces parameters and unties them
+
+
+def check_tensors(model: Transformer, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """One line naming the missing, unexpected and misshaped tensors of `state` for this model."""
+    expected = {k: tuple(v.shape) for k, v in model_state_dict(model).items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(f"{k} (file {list(state[k].shape)}, model {list(expected[k])})"
+                       for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    problems = [f"{label}: {short_list(items)}" for label, items in
+                (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", misshaped)) if items]
+    if problems:
+        raise CheckpointError(f"{source}: does not match the model config; " + "; ".join(problems))
+
+
+def save_checkpoint(model: Transformer, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+    """Write config.json + model.safetensors (+ tokenizer) atomically."""
+    with atomic_directory(directory) as tmp:
+        save_file(cpu_state(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        write_model_files(tmp, model.config, tokenizer)
+    return Path(directory)
+
+
+def write_model_files(directory: Path, config: ModelConfig, tokenizer: Tokenizer | None) -> None:
+    """config.json (with the tokenizer's special ids) and the tokenizer files: what every checkpoint
+    directory holds besides its tensors."""
+    if tokenizer is not None:
+        config = config.with_special_ids(tokenizer.bos_id, tokenizer.eos_id)
+        tokenizer.save(directory)
+    config.save(directory / CONFIG_FILE)
+
+
+def is_compactlm_dir(directory: Path) -> bool:
+    return (directory / CONFIG_FILE).is_file() and read_json(directory / CONFIG_FILE).get("format") == "compactlm"
+
+
+def from_pretrained(path: str | Path, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> Transformer:
+    """Load a compactlm checkpoint directory or a Hugging Face Llama directory.
+
+    The model is built on the meta device and the file's tensors are assigned to it, so no memory is
+    spent on a throw-away initialisation. dtype defaults to float32.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    if is_compactlm_dir(path):
+        config = ModelConfig.load(path)
+        if not (path / WEIGHTS_FILE).is_file() and is_sharded(path):
+            return _consolidate(path, config, device, dtype)
+        state, source = load_safetensors(path / WEIGHTS_FILE), path / WEIGHTS_FILE
+    elif (path / CONFIG_FILE).is_file():
+        from compactlm.convert import hf
+
+        config = hf.config_from_hf(read_json(path / CONFIG_FILE), source=str(path / CONFIG_FILE))
+        state, source = hf.state_dict_from_hf(hf.load_hf_weights(path), config, source=path), path
+    else:
+        raise CheckpointError(f"{path}: no config.json (neither a compactlm nor a Hugging Face checkpoint)")
+    model = build_model(config, device="meta")
+    load_weights(model, state, source)
+    return finish_loading(model, device, dtype)
+
+
+def _consolidate(path: Path, config: ModelConfig, device, dtype) -> Transformer:
+    """One model from a sharded (DCP) training checkpoint, written by any number of ranks."""
+    # torch.distributed.checkpoint takes ~0.7 s to import: only for sharded checkpoints
+    from compactlm.checkpoint.training import load_sharded_weights
+
+    model = build_model(config, device="meta")
+    model.to_empty(device="cpu")  # DCP reads into real tensors; no time spent on a random init
+    load_sharded_weights(path, model_state_dict(model))
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return finish_loading(model, device, dtype)
+
+
+def finish_loading(model: Transformer, device=None, dtype=None) -> Transformer:
+    """Move a model whose weights were assigned on the meta device to its device and dtype."""
+    model.rope.to_empty(device="cpu")  # its cos/sin tables are computed, never stored
+    model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
+    model.rope.reset_tables()
+    return model.eval()
