@@ -1,150 +1,29 @@
-"""The `compactlm` command: one subcommand per pipeline stage."""
+"""The `compactlm` command: one subcommand per pipeline stage.
+
+This module parses arguments and is the one error boundary: an expected failure prints one line
+`error: <file or key>: <problem>; <what to do>` and exits 1; Ctrl-C / SIGTERM exit 128 + the signal
+after saving a checkpoint; anything else is a bug and says so (`--debug` shows the traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from compactlm.errors import CompactlmError
-
-
-def _cmd_presets(args) -> None:
-    from compactlm.config.model import PRESETS
-
-    print(f"{'preset':<16}{'layers':>7}{'d_model':>8}{'heads':>6}{'kv':>4}{'ffn':>6}"
-          f"{'non-emb params':>16}{'total @32k vocab':>18}")
-    for name, cfg in PRESETS.items():
-        print(f"{name:<16}{cfg.n_layer:>7}{cfg.d_model:>8}{cfg.n_head:>6}{cfg.n_kv_head:>4}{cfg.ffn_dim:>6}"
-              f"{cfg.non_embedding_params:>16,}{cfg.num_params:>18,}")
-
-
-def _cmd_generate(args) -> None:
-    import torch
-
-    from compactlm.checkpoint.model import from_pretrained
-    from compactlm.model.generate import generate
-    from compactlm.tokenizer.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(args.checkpoint)
-    if tokenizer is None:
-        raise CompactlmError(f"{args.checkpoint}: no tokenizer.model or tokenizer.json beside the weights")
-    model = from_pretrained(args.checkpoint, device=args.device)
-    prompt = tokenizer.encode(args.prompt, bos=True)
-    generated: list[int] = []
-    printed = ""
-
-    def stream(token: torch.Tensor) -> None:
-        # Decode the whole continuation each time: SentencePiece spaces and multi-byte characters
-        # only come out right in context.
-        nonlocal printed
-        generated.append(int(token[0]))
-        text = tokenizer.decode(generated)
-        if not text.endswith("\ufffd"):  # wait for the rest of a split UTF-8 character
-            sys.stdout.write(text[len(printed):])
-            sys.stdout.flush()
-            printed = text
-
-    sys.stdout.write(args.prompt)
-    generate(model, torch.tensor([prompt]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-             top_p=args.top_p, eos_id=tokenizer.eos_id, seed=args.seed, on_token=stream)
-    sys.stdout.write(tokenizer.decode(generated)[len(printed):] + "\n")
-
-
-def _cmd_convert(args) -> None:
-    from compactlm.checkpoint.model import from_pretrained, save_checkpoint
-    from compactlm.convert import hf, litgpt
-    from compactlm.tokenizer.tokenizer import load_tokenizer
-
-    if args.direction == "to-hf":
-        model, tokenizer = from_pretrained(args.checkpoint), load_tokenizer(args.checkpoint)
-        hf.save_hf(model, args.out, tokenizer)
-    elif args.direction == "consolidate":
-        model, tokenizer = from_pretrained(args.checkpoint), load_tokenizer(args.checkpoint)
-        save_checkpoint(model, args.out, tokenizer)
-    elif args.direction == "from-hf":
-        model, tokenizer = from_pretrained(args.src), load_tokenizer(args.src)
-        save_checkpoint(model, args.out, tokenizer)
-    else:
-        model = litgpt.load_litgpt(args.checkpoint, args.config)
-        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        save_checkpoint(model, args.out, tokenizer)
-    print(f"wrote {args.out} ({model.num_params():,} parameters"
-          f"{', no tokenizer' if tokenizer is None else ', tokenizer ' + tokenizer.path.name})")
-
-
-def _cmd_prepare(args) -> None:
-    from compactlm.data.prepare import load_prepare_config, prepare
-
-    config = load_prepare_config(args.config, args.overrides)
-    for name, manifest in prepare(config, progress=not args.no_progress).items():
-        skipped = sum(n for s in manifest["sources"] for n in s["skipped"].values())
-        print(f"{name}: {manifest['documents']:,} documents, {manifest['tokens']:,} tokens in "
-              f"{len(manifest['shards'])} shards ({skipped:,} rows skipped) -> {config.output_dir}/{name}")
-
-
-def _cmd_train(args) -> None:
-    from compactlm.config.train import load_train_config
-    from compactlm.train.distributed import launched_by_torchrun
-    from compactlm.train.trainer import train
-
-    if args.nproc > 1 and not launched_by_torchrun():
-        _relaunch_with_torchrun(args)
-    train(load_train_config(args.config, args.overrides), resume=args.resume)
-
-
-def _relaunch_with_torchrun(args) -> None:
-    """`compactlm train --nproc N ...` = `torchrun --standalone --nproc-per-node N -m compactlm train ...`."""
-    import os
-
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-               "-m", "compactlm", "train", args.config, *args.overrides, *(["--resume"] if args.resume else [])]
-    sys.stdout.flush()
-    os.execv(sys.executable, command)
-
-
-def _cmd_plan(args) -> None:
-    from compactlm.config.train import load_train_config
-    from compactlm.data.readers import DataError
-    from compactlm.errors import CheckpointError
-    from compactlm.train.plan import format_plan, parse_size, setup_from_train_config
-
-    # --micro-batch and --seq-len are config overrides, so the run is resolved exactly as `train` would.
-    flags = [f"train.micro_batch={args.micro_batch}"] * (args.micro_batch is not None) + \
-        [f"data.seq_len={args.seq_len}"] * (args.seq_len is not None)
-    gpu_memory = parse_size(args.gpu_memory)
-    train_config = load_train_config(args.config, [*args.overrides, *flags])
-    try:
-        config, setup = setup_from_train_config(train_config, args.gpus, vocab_size=args.vocab_size)
-    except (DataError, CheckpointError) as exc:  # the data, hence the tokenizer, is not at hand
-        raise CompactlmError(f"{exc} (or pass --vocab-size N to plan without the data)") from None
-    print(format_plan(config, setup, gpu_memory, train_config.train.global_batch))
-
-
-def _cmd_demo(args) -> None:
-    from compactlm.demo import run_demo
-
-    run_demo()
-
-
-def _cmd_eval(args) -> None:
-    from compactlm.eval.command import run
-
-    run(args)
-
-
-def _cmd_ladder(args) -> None:
-    from compactlm.ladder.command import run
-
-    run(args)
+from compactlm import __version__, commands
+from compactlm.errors import CompactlmError, first_line
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compactlm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="compactlm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"compactlm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("demo", help="the main job on the CPU, on built-in defaults").set_defaults(func=_cmd_demo)
+    sub.add_parser("demo", help="the main job on the CPU, on built-in defaults").set_defaults(func=commands.demo)
 
-    sub.add_parser("presets", help="list the model presets").set_defaults(func=_cmd_presets)
+    sub.add_parser("presets", help="list the model presets").set_defaults(func=commands.presets)
 
     prep = sub.add_parser("prepare", help="tokenise raw corpora into packed token shards",
                           description="Tokenise raw corpora into packed token shards. Any config key can be "
@@ -152,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("config", help="prepare config (YAML)")
     prep.add_argument("overrides", nargs="*", help="KEY=VALUE overrides (values parsed as YAML)")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
-    prep.set_defaults(func=_cmd_prepare)
+    prep.set_defaults(func=commands.prepare)
 
     tr = sub.add_parser("train", help="pretrain a model on prepared data",
                         description="Pretrain a model. Any config key can be overridden as KEY=VALUE after the "
@@ -161,10 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config", help="train config (YAML), e.g. configs/demo.yaml")
     tr.add_argument("overrides", nargs="*", help="KEY=VALUE overrides")
     tr.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of run_dir")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace the run already in run_dir (its checkpoints, metrics and config are deleted)")
     tr.add_argument("--nproc", type=int, default=1, metavar="N",
                     help="processes on this machine (one per GPU; CPU ranks use gloo): shorthand for "
                     "`torchrun --standalone --nproc-per-node N -m compactlm train ...`; see docs/distributed.md")
-    tr.set_defaults(func=_cmd_train)
+    tr.set_defaults(func=commands.train)
 
     plan = sub.add_parser("plan", help="memory per GPU of a training config, and the largest micro-batch that fits",
                           description="Per-GPU memory of a training config: parameters, gradients, optimizer "
@@ -180,44 +61,47 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--vocab-size", type=int, default=None,
                       help="plan without the prepared data: the tokenizer's vocabulary size (default: read the "
                       "tokenizer as `compactlm train` does, e.g. Llama-2's 32000)")
-    plan.set_defaults(func=_cmd_plan)
+    plan.set_defaults(func=commands.plan)
 
     gen = sub.add_parser("generate", help="stream a continuation of a prompt")
     gen.add_argument("--checkpoint", required=True, help="compactlm or Hugging Face checkpoint directory")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--max-new-tokens", type=int, default=100)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--prompt", required=True, help="text to continue (BOS is added, special tokens are text)")
+    gen.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default 0.8)")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    gen.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens whose "
+                     "probability reaches p, in (0, 1]")
+    gen.add_argument("--seed", type=int, default=None, help="random seed of the sampling (default: unseeded)")
     gen.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
-    gen.set_defaults(func=_cmd_generate)
+    gen.set_defaults(func=commands.generate)
 
     conv = sub.add_parser("convert", help="convert checkpoints to and from Hugging Face and lit-gpt formats")
     conv_sub = conv.add_subparsers(dest="direction", required=True)
     to_hf = conv_sub.add_parser("to-hf", help="compactlm checkpoint -> transformers LlamaForCausalLM directory")
-    to_hf.add_argument("--checkpoint", required=True)
-    to_hf.add_argument("--out", required=True)
+    to_hf.add_argument("--checkpoint", required=True, help="a compactlm checkpoint directory")
+    to_hf.add_argument("--out", required=True, help="the directory to write")
     consolidate = conv_sub.add_parser("consolidate", help="sharded training checkpoint (any number of ranks) -> "
                                       "one model.safetensors checkpoint")
     consolidate.add_argument("--checkpoint", required=True, help="a checkpoints/step-XXXXXXXX directory")
-    consolidate.add_argument("--out", required=True)
+    consolidate.add_argument("--out", required=True, help="the directory to write")
     from_hf = conv_sub.add_parser("from-hf", help="transformers Llama directory -> compactlm checkpoint")
-    from_hf.add_argument("--src", required=True)
-    from_hf.add_argument("--out", required=True)
+    from_hf.add_argument("--src", required=True, help="a transformers Llama directory (config.json + weights)")
+    from_hf.add_argument("--out", required=True, help="the directory to write")
     from_lit = conv_sub.add_parser("from-litgpt", help="lit-gpt / TinyLlama .pth checkpoint -> compactlm checkpoint")
     from_lit.add_argument("--checkpoint", required=True, help="lit_model.pth or TinyLlama iter-*.pth")
     from_lit.add_argument("--config", default="tinyllama-1.1b",
                           help="lit_config.json / model_config.yaml, or a preset name (default tinyllama-1.1b)")
     from_lit.add_argument("--tokenizer", default=None, help="tokenizer.model or tokenizer.json to carry along")
-    from_lit.add_argument("--out", required=True)
-    conv.set_defaults(func=_cmd_convert)
+    from_lit.add_argument("--out", required=True, help="the directory to write")
+    for direction in (to_hf, consolidate, from_hf, from_lit):
+        direction.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    conv.set_defaults(func=commands.convert)
 
     from compactlm.eval.command import add_arguments as add_eval_arguments
 
     ev = sub.add_parser("eval", help="lm-evaluation-harness suites, evolution over a run, bits per byte")
     add_eval_arguments(ev)
-    ev.set_defaults(func=_cmd_eval)
+    ev.set_defaults(func=commands.evaluate)
 
     lad = sub.add_parser("ladder", help="scaling-law ladder: size x tokens grids, isoFLOP profiles, ablations, fits",
                          description="Train a grid of points (each a normal run directory under OUT/points), "
@@ -228,7 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     lad.add_argument("--jobs", type=int, default=None, metavar="N", help="points trained at once (processes)")
     lad.add_argument("--dry-run", action="store_true", help="list the points and their cost, train nothing")
     lad.add_argument("--report-only", action="store_true", help="fit and report the finished points, train nothing")
-    lad.set_defaults(func=_cmd_ladder)
+    lad.set_defaults(func=commands.ladder)
+    cfg = sub.add_parser("config", help="show a config's keys: type, value, default and meaning")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True)
+    show = cfg_sub.add_parser("show", help="every key of a config, resolved with the overrides",
+                              description="Print every key of a train, prepare or ladder config with its type, "
+                              "value (after the KEY=VALUE overrides), default and meaning. Without CONFIG: the "
+                              "train config's defaults.")
+    show.add_argument("config", nargs="?", default=None, help="a config file (YAML); its kind is recognised")
+    show.add_argument("overrides", nargs="*", help="KEY=VALUE overrides")
+    show.add_argument("--kind", choices=sorted(commands.CONFIG_KINDS), default=None,
+                      help="the kind of config (default: recognised from its keys)")
+    show.set_defaults(func=commands.config_show)
     return parser
 
 
@@ -243,10 +138,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except CompactlmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        if args.debug:
+            raise
+        code = getattr(exc, "exit_code", 1)
+        print(f"{'stopped' if code > 128 else 'error'}: {exc}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (`| head`): not an error
+        sys.stdout = open(os.devnull, "w")  # nothing left to flush at exit
+        return 0
+    except OSError as exc:  # the disk is full, a permission is missing, ...: the user's to fix
+        if args.debug:
+            raise
+        print(f"error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or first_line(exc)}",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the boundary: anything else is a bug in compactlm
+        if args.debug:
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {first_line(exc)}); this is a bug in compactlm: "
+              "rerun with --debug for the traceback and report it", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -23,6 +23,13 @@ def atomic_write(path: str | Path, chunks: Iterable[bytes]) -> None:
     os.replace(tmp, path)
 
 
+def umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def read_json(path: str | Path, error: type[Exception]):
     """The parsed JSON file, or `error` with one line naming the file and what is wrong with it."""
     path = Path(path)

@@ -161,5 +161,5 @@ def tiny_train_config(tiny_dataset, run_dir, **overrides):
             "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 5},
             "train": {"micro_batch": 4, "global_batch": 8, "max_steps": 40, "precision": "fp32"},
             "checkpoint_every": 5, "keep_checkpoints": 2, "eval_every": 20, "eval_samples": 16, "log_every": 10}
-    data = apply_overrides(data, [f"{k}={v}" for k, v in overrides.items()])
+    apply_overrides(data, [f"{k}={v}" for k, v in overrides.items()])
     return from_dict(TrainConfig, data, "test")

@@ -28,3 +28,23 @@ def test_step_of_refuses_other_names(tmp_path):
     with pytest.raises(ValueError, match="not a step-XXXXXXXX"):
         layout.step_of(tmp_path / "final")
     assert layout.temporary_dir(layout.checkpoint_dir(tmp_path, 3)).name == ".step-00000003.tmp"
+
+
+def test_outputs_get_the_usual_permissions_not_private_ones(tmp_path):
+    """Exports and checkpoints are read by other users and containers: umask 022 gives 755 / 644."""
+    import os
+    import stat
+
+    from compactlm.checkpoint.model import build_model, save_checkpoint
+    from compactlm.convert.hf import save_hf
+    from tests.conftest import random_config
+
+    old = os.umask(0o022)
+    try:
+        model = build_model(random_config())
+        for directory in (save_checkpoint(model, tmp_path / "ckpt"), save_hf(model, tmp_path / "hf")):
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+            files = list(directory.iterdir())
+            assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in files)
+    finally:
+        os.umask(old)

@@ -169,7 +169,7 @@ def test_cli_prepare_with_overrides_and_one_line_errors(tmp_path, prepared, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing: source path does not exist" in err
     assert main(["prepare", str(config_path), "--no-progress", "workers=two"]) == 1
-    assert "workers must be int" in capsys.readouterr().err
+    assert "override 'workers=two': workers: must be int, got 'two'" in capsys.readouterr().err
 
 
 def test_shard_format_and_corruption(tmp_path):
@@ -247,3 +247,19 @@ def test_datasets_prepared_before_tokenizers_travelled_still_name_theirs(tiny_da
     del manifest["tokenizer"]["file"]
     (old / "manifest.json").write_text(json.dumps(manifest))
     assert manifest_tokenizer(old) == Path(manifest["tokenizer"]["path"])
+
+
+def test_control_token_strings_in_documents_stay_text_in_the_shards(tmp_path, bpe_tokenizer_file):
+    import json
+
+    docs = ["first </s> not an end", "<s><unk><|endoftext|> all literal", "plain"]
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    config = load_config(PrepareConfig, data={"output_dir": str(tmp_path / "out"), "workers": 1,
+                                              "tokenizer": {"path": str(bpe_tokenizer_file)},
+                                              "datasets": {"d": {"sources": [{"path": str(raw)}]}}})
+    manifest = prepare(config, progress=False)["d"]
+    tok = Tokenizer(bpe_tokenizer_file)
+    shard_docs = shard_documents(tmp_path / "out" / "d", manifest)
+    assert [tok.decode(d[:-1].tolist()) for d in shard_docs] == docs  # documents round-trip
+    assert all(d[-1] == tok.eos_id and tok.eos_id not in d[:-1] for d in shard_docs)  # one EOS, at the end

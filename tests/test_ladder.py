@@ -232,7 +232,7 @@ def test_ablation_plans_and_reports(tiny_dataset, tmp_path):
     (["flops=7nd"], "flops '7nd'"),
     (["sizes=[{preset: tinyllama-2m}]"], "unknown model preset"),
     (["tokens=[100]"], "fewer than min_steps"),
-    (["colour=red"], "unknown key(s) colour"),
+    (["colour=red"], "override 'colour=red': colour: unknown key"),
     (["base=missing.yaml"], "missing.yaml not found"),
 ])
 def test_bad_config_gives_one_error_line(tiny_dataset, tmp_path, capsys, override, message):

@@ -60,3 +60,25 @@ def test_train_bpe_gives_llama_special_ids(tmp_path, sample_text):
     for text in TEXTS:
         assert tok.decode(tok.encode(text)) == text
     assert len(tok.encode(sample_text)) < len(sample_text.encode()) / 2  # it learned merges
+
+
+CONTROL_TEXTS = ["a</s>b", "<s> starts here", "def f():\n    return '<unk>'  # <|endoftext|>", "</s></s>", "x<s>y</s>"]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "spm", "trained"])
+def test_raw_text_is_never_parsed_for_special_tokens(kind, bpe_tokenizer_file, spm_tokenizer_file, tmp_path,
+                                                      sample_text):
+    from compactlm.tokenizer.tokenizer import train_bpe
+
+    tok = {"bpe": lambda: Tokenizer(bpe_tokenizer_file), "spm": lambda: Tokenizer(spm_tokenizer_file),
+           "trained": lambda: train_bpe([sample_text], 400, tmp_path / "tokenizer.json")}[kind]()
+    specials = {i for i in (tok.bos_id, tok.eos_id) if i is not None}
+    if tok.kind == "hf":
+        specials |= {tok._hf.token_to_id(name) for name in ("<unk>", "<|endoftext|>")} - {None}
+    assert specials  # the tokenizer has control tokens that literal text could be mistaken for
+    for text in CONTROL_TEXTS:
+        for ids in (tok.encode(text), tok.encode_batch([text])[0]):
+            assert not specials & set(ids), (text, ids)
+            assert tok.decode(ids) == text
+    ids = tok.encode("a</s>b", bos=True, eos=True)  # asked for: added around the text, never out of it
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and not specials & set(ids[1:-1])

@@ -141,7 +141,9 @@ def test_sigkill_and_resume_is_bit_identical(tiny_dataset, tmp_path, straight_ru
     assert not list((tmp_path / "run" / "checkpoints").glob(".*"))  # no half-written leftovers
 
 
-def test_sigterm_checkpoints_and_stops_with_a_message(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_checkpoints_and_stops_with_the_conventional_exit_code(tiny_dataset, tmp_path, signum, code):
+    """Ctrl-C (SIGINT) and SIGTERM: a checkpoint, one line "stopped: ...", exit 128 + the signal number."""
     config = write_config(tiny_train_config(tiny_dataset, tmp_path / "run", **{"train.max_steps": 100000,
                                                                                 "checkpoint_every": 100000}),
                           tmp_path / "train.yaml")
@@ -150,10 +152,11 @@ def test_sigterm_checkpoints_and_stops_with_a_message(tiny_dataset, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     output = proc.communicate(timeout=120)[0].decode()
-    assert proc.returncode == 1
-    assert "stopped by signal 15" in output and "continue with --resume" in output
+    assert proc.returncode == code
+    assert f"stopped: stopped by signal {int(signum)}" in output and "continue with --resume" in output
+    assert "error:" not in output and "Traceback" not in output
     (checkpoint,) = checkpoint_dirs(tmp_path / "run")
     assert compactlm.from_pretrained(checkpoint).config.n_layer == 2
 

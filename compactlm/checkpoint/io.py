@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from compactlm import fileio
@@ -57,8 +57,12 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
 
 
 def publish_directory(tmp: Path, directory: Path) -> None:
-    """Make a filled temporary directory durable, then move it to its final name in one rename."""
-    _fsync_tree(tmp)
+    """Make a filled temporary directory durable, then move it to its final name in one rename.
+
+    Modes follow the umask (755 / 644 under the usual 022): mkdtemp makes directories private and
+    safetensors writes files 0600, but checkpoints and exports are read by other users and containers.
+    """
+    _fsync_tree(tmp, fileio.umask())
     if _TEST_DELAY:
         time.sleep(_TEST_DELAY)  # widens the window in which tests kill a checkpoint write
     _replace_directory(tmp, directory)
@@ -75,13 +79,15 @@ def _replace_directory(tmp: Path, directory: Path) -> None:
     _fsync_dir(directory.parent)
 
 
-def _fsync_tree(directory: Path) -> None:
+def _fsync_tree(directory: Path, umask: int) -> None:
     for path in directory.iterdir():
         if path.is_dir():
-            _fsync_tree(path)
+            _fsync_tree(path, umask)
         elif path.is_file():
+            os.chmod(path, 0o666 & ~umask)
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+    os.chmod(directory, 0o777 & ~umask)
     _fsync_dir(directory)
 
 
@@ -105,6 +111,17 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: file not found") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header (no tensor is read)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({first_line(exc)})") from None
 
 
 def load_torch_weights(path: Path) -> dict:

@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from compactlm.config.model import CONFIG_FILE
+from compactlm.errors import CheckpointError
 
 CHECKPOINTS_DIR = "checkpoints"
 WEIGHTS_FILE = "model.safetensors"
@@ -34,7 +35,7 @@ _STEP_DIR = re.compile(r"step-(\d{8})")
 
 __all__ = ["CHECKPOINTS_DIR", "CONFIG_COPY", "CONFIG_FILE", "DCP_DIR", "METRICS_FILE", "RUN_CONFIG", "STATE_FILE",
            "WEIGHTS_FILE", "checkpoint_dir", "complete_checkpoints", "is_complete", "is_sharded",
-           "latest_checkpoint", "remove_leftovers", "step_of", "temporary_dir"]
+           "latest_checkpoint", "remove_leftovers", "require_checkpoint", "step_of", "temporary_dir"]
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -78,3 +79,18 @@ def remove_leftovers(run_dir: str | Path) -> None:
     """Temporary directories of checkpoint writes killed before their rename."""
     for leftover in (Path(run_dir) / CHECKPOINTS_DIR).glob(".step-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def require_checkpoint(path: str | Path) -> Path:
+    """`path` if it is a checkpoint directory (compactlm or Hugging Face), else one line saying what to give."""
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        return path
+    hint = "give a checkpoint directory such as RUN_DIR/checkpoints/step-XXXXXXXX"
+    if path.is_dir() and (path / CHECKPOINTS_DIR).is_dir():
+        latest = latest_checkpoint(path)
+        hint = f"this is a run directory; its newest checkpoint is {latest}" if latest else \
+            "this run directory has no complete checkpoint yet"
+    problem = ("no such checkpoint directory" if not path.exists() else
+               "not a checkpoint directory" if not path.is_dir() else f"not a checkpoint (no {CONFIG_FILE})")
+    raise CheckpointError(f"{path}: {problem}; {hint}")

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from compactlm.checkpoint.io import atomic_directory, cpu_state, load_safetensors, model_state_dict, read_json
-from compactlm.checkpoint.layout import CONFIG_FILE, WEIGHTS_FILE, is_sharded
+from compactlm.checkpoint.layout import CONFIG_FILE, WEIGHTS_FILE, is_sharded, require_checkpoint
 from compactlm.config.model import ModelConfig, get_preset
 from compactlm.errors import CheckpointError, short_list
 from compactlm.model.transformer import Transformer
@@ -35,7 +35,7 @@ def build_model(config: ModelConfig | str, device: str | torch.device | None = N
 
 def load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """Load `state` into `model` (possibly on the meta device), refusing any mismatch with one message."""
-    check_tensors(model, state, source)
+    check_tensors(model, {k: tuple(v.shape) for k, v in state.items()}, source)
     current = model_state_dict(model)
     dtype = next(iter(current.values())).dtype
     state = {k: v.to(dtype) for k, v in state.items()}
@@ -47,13 +47,13 @@ def load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str
         model.lm_head.weight = model.embed.weight  # assign=True replaces parameters and unties them
 
 
-def check_tensors(model: Transformer, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """One line naming the missing, unexpected and misshaped tensors of `state` for this model."""
+def check_tensors(model: Transformer, shapes: dict[str, tuple[int, ...]], source: str | Path) -> None:
+    """One line naming the missing, unexpected and misshaped tensors (name -> shape) for this model."""
     expected = {k: tuple(v.shape) for k, v in model_state_dict(model).items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(f"{k} (file {list(state[k].shape)}, model {list(expected[k])})"
-                       for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    misshaped = sorted(f"{k} (file {list(shapes[k])}, model {list(expected[k])})"
+                       for k in set(expected) & set(shapes) if tuple(shapes[k]) != expected[k])
     problems = [f"{label}: {short_list(items)}" for label, items in
                 (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", misshaped)) if items]
     if problems:
@@ -88,21 +88,17 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None,
     The model is built on the meta device and the file's tensors are assigned to it, so no memory is
     spent on a throw-away initialisation. dtype defaults to float32.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a checkpoint directory")
+    path = require_checkpoint(path)
     if is_compactlm_dir(path):
         config = ModelConfig.load(path)
         if not (path / WEIGHTS_FILE).is_file() and is_sharded(path):
             return _consolidate(path, config, device, dtype)
         state, source = load_safetensors(path / WEIGHTS_FILE), path / WEIGHTS_FILE
-    elif (path / CONFIG_FILE).is_file():
+    else:  # a Hugging Face directory
         from compactlm.convert import hf
 
         config = hf.config_from_hf(read_json(path / CONFIG_FILE), source=str(path / CONFIG_FILE))
         state, source = hf.state_dict_from_hf(hf.load_hf_weights(path), config, source=path), path
-    else:
-        raise CheckpointError(f"{path}: no config.json (neither a compactlm nor a Hugging Face checkpoint)")
     model = build_model(config, device="meta")
     load_weights(model, state, source)
     return finish_loading(model, device, dtype)

@@ -38,7 +38,6 @@ from compactlm.checkpoint.io import load_safetensors
 from compactlm.checkpoint.layout import DCP_DIR, STATE_FILE, WEIGHTS_FILE, is_sharded
 from compactlm.errors import CheckpointError, first_line
 
-FORMATS = ("auto", "full", "sharded")
 STATE_KEYS = ("step", "tokens_seen", "data", "nonfinite_total", "nonfinite_run", "rng_cpu")
 
 

@@ -1,14 +1,20 @@
 """Typed YAML configs: nested dataclasses filled from YAML, with `key.sub=value` overrides.
 
 Every stage's config is a dataclass; `load_config(Cls, path, overrides)` reads YAML, applies
-command-line overrides (the value is parsed as YAML, so `train.lr=3e-4`, `data.weights=[0.7,0.3]`
-and `model.tie_embeddings=true` all work), and builds the dataclass, refusing unknown keys and
-values of the wrong type with one message naming the file and the key.
+command-line overrides (the value is parsed as YAML, so `optim.lr=3e-4`, `data.weights=[0.7,0.3]`
+and `model.tie_embeddings=true` all work), builds the dataclass and runs its `checks()`. Every
+problem is one line naming the key and blaming where it came from: the override on the command line
+that set it, or the YAML file; an unknown key gets a "did you mean". `describe` lists every key with
+its type, default and meaning (the comment beside the field), for `compactlm config show`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import io
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -18,10 +24,19 @@ import yaml
 from compactlm.errors import ConfigError
 
 
+class KeyProblem(Exception):
+    """A problem with one (dotted) key; turned into a ConfigError that says where the key came from."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+# ---- reading ---------------------------------------------------------------------------------------
 def parse_override(text: str) -> tuple[list[str], object]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
-    key, value = text.split("=", 1)
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. optim.lr=3e-4")
     try:
         parsed = yaml.safe_load(value) if value else ""
     except yaml.YAMLError:
@@ -29,24 +44,33 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return key.strip().split("."), parsed
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_overrides(data: dict, overrides: list[str]) -> dict[str, str]:
+    """Apply KEY=VALUE overrides to `data` in place; returns {dotted key: the override's text}."""
+    applied = {}
     for text in overrides:
         path, value = parse_override(text)
         node = data
-        for key in path[:-1]:
+        for i, key in enumerate(path[:-1]):
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {key} is not a section")
+                raise ConfigError(f"override {text!r}: {'.'.join(path[:i + 1])} is not a section")
         node[path[-1]] = value
-    return data
+        applied[".".join(path)] = text
+    return applied
 
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -55,61 +79,105 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(cls, path: str | Path | None = None, overrides: list[str] = (), data: dict | None = None):
-    """Build dataclass `cls` from a YAML file (or a dict) plus overrides."""
+    """Build dataclass `cls` from a YAML file (or a dict) plus overrides, checked."""
     source = str(path) if path is not None else "config"
     data = dict(data or {}) if path is None else read_yaml(path)
-    return from_dict(cls, apply_overrides(data, list(overrides)), source)
+    overridden = apply_overrides(data, list(overrides))
+    return from_dict(cls, data, source, overridden)
 
 
-def from_dict(cls, data, source: str, where: str = ""):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {where or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(_join(where, k) for k in unknown)}; "
-                          f"known: {', '.join(fields)}")
-    values = {name: _convert(hints[name], value, source, _join(where, name)) for name, value in data.items()}
+def from_dict(cls, data, source: str = "config", overridden: dict[str, str] | None = None):
+    """Build and check `cls` from plain data; problems become one ConfigError line."""
     try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{source}: {where or 'config'}: {exc}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        config = _build(cls, data, "")
+        for key, ok, problem in (config.checks() if hasattr(config, "checks") else []):
+            if not ok:
+                raise KeyProblem(key, problem)
+    except KeyProblem as p:
+        if p.problem == UNKNOWN:
+            p.problem = UNKNOWN + _suggestion(cls, p.key)
+        raise ConfigError(_attribute(p, source, overridden or {})) from None
+    return config
+
+
+def _attribute(p: KeyProblem, source: str, overridden: dict[str, str]) -> str:
+    """Blame the override that set the key (or a section above it), else the file."""
+    for key, text in overridden.items():
+        if p.key == key or p.key.startswith((key + ".", key + "[")):
+            return f"override {text!r}: {p.key}: {p.problem}"
+    return f"{source}: {p.key}: {p.problem}"
 
 
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _convert(hint, value, source: str, where: str):
+def _build(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise KeyProblem(where or "config", f"must be a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in sorted(data, key=str):
+        if key not in fields:
+            raise KeyProblem(_join(where, str(key)), UNKNOWN)
+    values = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required key is missing
+        raise KeyProblem(where or "config", str(exc).split(".__init__() ")[-1]) from None
+    except ConfigError as exc:  # a dataclass's own __post_init__ check
+        raise KeyProblem(where or "config", str(exc)) from None
+
+
+UNKNOWN = "unknown key"
+
+
+def _suggestion(root, key: str) -> str:
+    """'; did you mean optim.lr?' for train.lr: the same name in another section, else a close spelling."""
+    known = all_keys(root)
+    leaf = key.rsplit(".", 1)[-1]
+    close = [k for k in known if k.rsplit(".", 1)[-1] == leaf] or difflib.get_close_matches(key, known, n=2, cutoff=0.7)
+    return (f"; did you mean {' or '.join(close)}?" if close else "") + " (`compactlm config show CONFIG` lists every key)"
+
+
+def all_keys(cls, where: str = "") -> list[str]:
+    """Every dotted leaf key of a config class (sections, also optional ones, are descended into)."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        section = next((h for h in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(h)), None)
+        keys += all_keys(section, _join(where, f.name)) if section else [_join(where, f.name)]
+    return keys
+
+
+def _convert(hint, value, where: str):
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
-        errors = []
+        problems = []
         for option in options:
             if option is type(None):
                 continue
             try:
-                return _convert(option, value, source, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{source}: {where}: invalid value {value!r}")
+                return _convert(option, value, where)
+            except KeyProblem as p:
+                problems.append(p)
+        raise problems[0] if problems else KeyProblem(where, f"invalid value {value!r}")
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, source, where)
+        return _build(hint, value, where)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{source}: {where} must be a list, got {value!r}")
+            raise KeyProblem(where, f"must be a list, got {value!r}")
         (item,) = typing.get_args(hint) or (typing.Any,)
-        return [_convert(item, v, source, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {where} must be a mapping, got {value!r}")
+            raise KeyProblem(where, f"must be a mapping, got {value!r}")
         _, item = typing.get_args(hint) or (str, typing.Any)
-        return {str(k): _convert(item, v, source, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _convert(item, v, f"{where}.{k}") for k, v in value.items()}
     if hint is typing.Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -120,9 +188,76 @@ def _convert(hint, value, source: str, where: str):
         except ValueError:
             pass
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
-        raise ConfigError(f"{source}: {where} must be {hint.__name__}, got {value!r}")
+        raise KeyProblem(where, f"must be {hint.__name__}, got {value!r}")
     return value
 
 
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
+
+
+# ---- describing ------------------------------------------------------------------------------------
+def field_docs(cls) -> dict[str, str]:
+    """{field: the comment beside it, or above it, in the class body}: comments are the fields'
+    documentation (base classes' included)."""
+    docs = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls) -> dict[str, str]:
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    docs, pending = {}, []
+    for number, line in enumerate(source.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(comments.get(number, ""))  # a comment on the line(s) above the field
+            continue
+        name = stripped.split(":", 1)[0] if ":" in stripped and not stripped.startswith(("def ", "@", "class ")) else ""
+        if name.isidentifier() and line.startswith("    ") and not line.startswith("     "):
+            text = comments.get(number) or " ".join(pending)
+            if text:
+                docs[name] = text
+        pending = []
+    return docs
+
+
+def describe(config, where: str = "") -> list[tuple[str, str, object, object, str]]:
+    """(dotted key, type, value, default, meaning) for every leaf key of a config."""
+    rows = []
+    docs = field_docs(type(config))
+    for f in dataclasses.fields(config):
+        key, value = _join(where, f.name), getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe(value, key)
+            continue
+        default = (f.default if f.default is not dataclasses.MISSING else
+                   f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        if dataclasses.is_dataclass(default):
+            default = to_dict(default)
+        value = _plain(value)
+        type_name = typing.get_type_hints(type(config))[f.name]
+        rows.append((key, _type_name(type_name), value, default, docs.get(f.name, "")))
+    return rows
+
+
+def _plain(value):
+    """Dataclasses inside lists and mappings as plain data, for printing."""
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _type_name(hint) -> str:
+    text = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
+    return text or str(hint).replace("typing.", "").replace("compactlm.", "").replace("NoneType", "None")

@@ -20,20 +20,24 @@ from compactlm.errors import ConfigError
 
 # Field metadata: keys that change how a run is carried out or reported, never what it computes.
 NO_RESULT_CHANGE = {"result": False}
+PRECISIONS = ("auto", "bf16", "fp32")
+KERNEL_MODES = ("auto", "eager", "compile")
+PARALLELISMS = ("auto", "fsdp", "ddp", "none")
+CHECKPOINT_FORMATS = ("auto", "full", "sharded")
 
 
 @dataclass
 class ModelSection:
     """A preset, optionally with some of its fields changed; vocabulary and context come from the data."""
 
-    preset: str = "tinyllama-1m"
-    n_layer: int | None = None
-    d_model: int | None = None
-    n_head: int | None = None
-    n_kv_head: int | None = None
-    ffn_dim: int | None = None
-    rope_base: float | None = None
-    tie_embeddings: bool | None = None
+    preset: str = "tinyllama-1m"  # a model preset (compactlm presets lists them)
+    n_layer: int | None = None  # transformer blocks (default: the preset's)
+    d_model: int | None = None  # model width; heads follow at the preset's head size unless n_head is set
+    n_head: int | None = None  # attention heads (default: the preset's, or d_model / head size)
+    n_kv_head: int | None = None  # key/value heads for grouped-query attention (must divide n_head)
+    ffn_dim: int | None = None  # SwiGLU hidden width
+    rope_base: float | None = None  # RoPE base (theta)
+    tie_embeddings: bool | None = None  # share the embedding with the output head
 
     def build_config(self, vocab_size: int, seq_len: int) -> ModelConfig:
         changes = {k: v for k, v in dataclasses.asdict(self).items() if k != "preset" and v is not None}
@@ -49,21 +53,21 @@ class ModelSection:
 class DataSection:
     datasets: list[MixtureSource] = field(default_factory=list)  # prepared directories with weights
     tokenizer: str = ""  # default: the tokenizer stored with the first dataset
-    seq_len: int = 2048
-    seed: int = 1234
-    val_fraction: float = 0.005
-    num_workers: int = 0
+    seq_len: int = 2048  # tokens per training sequence (the model's context)
+    seed: int = 1234  # the mixture's order: which block comes when
+    val_fraction: float = 0.005  # share of each dataset's blocks held out for validation
+    num_workers: int = 0  # data-loader worker processes (0: in the training process)
 
 
 @dataclass
 class OptimSection:
-    lr: float = 4e-4
-    min_lr: float = 4e-5
-    warmup_steps: int = 2000
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+    lr: float = 4e-4  # peak learning rate, reached after warm-up
+    min_lr: float = 4e-5  # learning rate at the end of the cosine
+    warmup_steps: int = 2000  # optimizer steps of linear warm-up
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.1  # decoupled weight decay on matrices (none on norm gains)
     grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
 
 
@@ -73,7 +77,7 @@ class TrainSection:
     micro_batch: int = field(default=8, metadata=NO_RESULT_CHANGE)
     global_batch: int = 1024  # sequences per optimizer step (accumulation = global / (micro x ranks))
     max_steps: int = 0  # optimizer steps; 0: derived from max_tokens
-    max_tokens: int = 0
+    max_tokens: int = 0  # tokens to train on, when max_steps is 0
     lr_decay_steps: int = 0  # length of warm-up + cosine; 0: max_steps
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with native bf16), bf16, fp32
     # auto | eager | compile (compactlm.train.runtime.apply_kernels)
@@ -87,20 +91,57 @@ class TrainSection:
 
 @dataclass
 class TrainConfig:
-    run_dir: str = field(default="out/run", metadata=NO_RESULT_CHANGE)
+    run_dir: str = field(default="out/run", metadata=NO_RESULT_CHANGE)  # checkpoints, metrics.jsonl, config.yaml
     seed: int = 1234  # model initialisation
-    device: str = "auto"
+    device: str = "auto"  # auto (a GPU if there is one), cpu, cuda, cuda:1, mps
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
-    checkpoint_every: int = field(default=1000, metadata=NO_RESULT_CHANGE)
-    keep_checkpoints: int = field(default=3, metadata=NO_RESULT_CHANGE)
-    eval_every: int = field(default=500, metadata=NO_RESULT_CHANGE)
-    eval_samples: int = field(default=64, metadata=NO_RESULT_CHANGE)
-    log_every: int = field(default=10, metadata=NO_RESULT_CHANGE)
-    tensorboard: bool = field(default=True, metadata=NO_RESULT_CHANGE)
+    checkpoint_every: int = field(default=1000, metadata=NO_RESULT_CHANGE)  # optimizer steps between checkpoints
+    keep_checkpoints: int = field(default=3, metadata=NO_RESULT_CHANGE)  # newest checkpoints kept on disk
+    eval_every: int = field(default=500, metadata=NO_RESULT_CHANGE)  # optimizer steps between validations
+    eval_samples: int = field(default=64, metadata=NO_RESULT_CHANGE)  # held-out sequences per validation
+    log_every: int = field(default=10, metadata=NO_RESULT_CHANGE)  # optimizer steps between console lines
+    tensorboard: bool = field(default=True, metadata=NO_RESULT_CHANGE)  # TensorBoard events beside metrics.jsonl
     peak_flops: float = 0.0  # per device, for MFU; 0: look the GPU up (CPU: no MFU)
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        """(key, holds, what is wrong otherwise): run by the loader before any work starts."""
+        d, o, t = self.data, self.optim, self.train
+        return [
+            ("data.seq_len", d.seq_len >= 1, f"must be at least 1, got {d.seq_len}"),
+            ("data.val_fraction", 0 <= d.val_fraction < 1, f"must be in [0, 1), got {d.val_fraction}"),
+            ("data.num_workers", d.num_workers >= 0, f"must be >= 0, got {d.num_workers}"),
+            *((f"data.datasets[{i}].weight", s.weight >= 0, f"must be >= 0, got {s.weight}")
+              for i, s in enumerate(d.datasets)),
+            ("optim.lr", o.lr > 0, f"must be positive, got {o.lr}"),
+            ("optim.min_lr", 0 <= o.min_lr <= o.lr, f"must be in [0, optim.lr = {o.lr}], got {o.min_lr}"),
+            ("optim.warmup_steps", o.warmup_steps >= 0, f"must be >= 0, got {o.warmup_steps}"),
+            ("optim.beta1", 0 <= o.beta1 < 1, f"must be in [0, 1), got {o.beta1}"),
+            ("optim.beta2", 0 <= o.beta2 < 1, f"must be in [0, 1), got {o.beta2}"),
+            ("optim.eps", o.eps > 0, f"must be positive, got {o.eps}"),
+            ("optim.weight_decay", o.weight_decay >= 0, f"must be >= 0, got {o.weight_decay}"),
+            ("optim.grad_clip", o.grad_clip >= 0, f"must be >= 0 (0: no clipping), got {o.grad_clip}"),
+            ("train.micro_batch", t.micro_batch >= 1, f"must be at least 1, got {t.micro_batch}"),
+            ("train.global_batch", t.global_batch >= 1, f"must be at least 1, got {t.global_batch}"),
+            ("train.max_steps", t.max_steps >= 0, f"must be >= 0 (0: derived from train.max_tokens), got {t.max_steps}"),
+            ("train.max_tokens", t.max_tokens >= 0, f"must be >= 0, got {t.max_tokens}"),
+            ("train.max_steps", t.max_steps > 0 or t.max_tokens > 0, "is 0 and so is train.max_tokens; set one of them"),
+            ("train.lr_decay_steps", t.lr_decay_steps >= 0, f"must be >= 0 (0: max_steps), got {t.lr_decay_steps}"),
+            ("train.precision", t.precision in PRECISIONS, f"{t.precision!r}: choose {', '.join(PRECISIONS)}"),
+            ("train.kernels", t.kernels in KERNEL_MODES, f"{t.kernels!r}: choose {', '.join(KERNEL_MODES)}"),
+            ("train.activation_checkpointing", t.activation_checkpointing >= 0,
+             f"must be >= 0 (0: off), got {t.activation_checkpointing}"),
+            ("train.max_nonfinite", t.max_nonfinite >= 1, f"must be at least 1, got {t.max_nonfinite}"),
+            ("train.parallelism", t.parallelism in PARALLELISMS, f"{t.parallelism!r}: choose {', '.join(PARALLELISMS)}"),
+            ("train.checkpoint_format", t.checkpoint_format in CHECKPOINT_FORMATS,
+             f"{t.checkpoint_format!r}: choose {', '.join(CHECKPOINT_FORMATS)}"),
+            *((key, getattr(self, key) >= 1, f"must be at least 1, got {getattr(self, key)}")
+              for key in ("checkpoint_every", "keep_checkpoints", "eval_every", "log_every")),
+            ("eval_samples", self.eval_samples >= 0, f"must be >= 0, got {self.eval_samples}"),
+            ("peak_flops", self.peak_flops >= 0, f"must be >= 0 (0: look the GPU up), got {self.peak_flops}"),
+        ]
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
@@ -179,8 +220,6 @@ def resolve_run(config: TrainConfig, world_size: int = 1, vocab_size: int | None
                           f"({train.micro_batch} x {world_size} = {per_step})")
     tokens_per_step = train.global_batch * config.data.seq_len
     max_steps = train.max_steps or math.ceil(train.max_tokens / tokens_per_step)
-    if max_steps <= 0:
-        raise ConfigError("set train.max_steps or train.max_tokens")
     return ResolvedRun(model=model, tokenizer_path=path, world_size=world_size,
                        accumulation=train.global_batch // per_step, max_steps=max_steps,
                        decay_steps=train.lr_decay_steps or max_steps, tokens_per_step=tokens_per_step)

@@ -39,7 +39,7 @@ PERIOD = 4096
 @dataclass
 class MixtureSource:
     path: str  # a directory prepared by `compactlm prepare`, or of lit-gpt LITPKDS `*.bin` files
-    weight: float = 1.0
+    weight: float = 1.0  # share of the mixture (weights are normalised to sum to 1)
 
 
 class TokenStream:

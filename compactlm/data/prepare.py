@@ -41,13 +41,13 @@ class TokenizerConfig:
 
 @dataclass
 class DatasetConfig:
-    sources: list[SourceConfig]
+    sources: list[SourceConfig]  # the raw sources whose documents make up this dataset
 
 
 @dataclass
 class PrepareConfig:
-    output_dir: str
-    datasets: dict[str, DatasetConfig]
+    output_dir: str  # a directory per dataset is written here: shards, manifest.json, the tokenizer
+    datasets: dict[str, DatasetConfig]  # name -> its sources; each becomes a dataset a mixture can weigh
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     workers: int = 0  # 0: one per core
     shard_tokens: int = 1 << 25  # a shard is closed once it holds this many tokens
@@ -253,7 +253,7 @@ def _run_units(units, states, config, tokenizer, dtype, out: Path, progress: boo
                     continue
                 tokens, lengths, skipped = result.result()
                 if skipped and not config.skip_bad_rows:
-                    bad = {k: v for k, v in skipped.items() if not k.startswith("set:")}
+                    bad = {k: v for k, v in skipped.items() if not k.startswith("set:") and k != "empty"}
                     if bad:
                         raise DataError(f"{unit.path}: bad rows ({_format_counts(bad)}); set skip_bad_rows: true "
                                         "to skip and count them")

@@ -38,9 +38,9 @@ class DataError(CompactlmError):
 class SourceConfig:
     """One raw source of a dataset."""
 
-    path: str
-    kind: str = "files"
-    name: str = ""
+    path: str  # a directory or file of raw data
+    kind: str = "files"  # slimpajama (chunk*/*.jsonl.zst), starcoder (a directory per language) or files
+    name: str = ""  # names the shards and the manifest's counts (default: the path's last part)
     text_field: str = ""  # default: "content" for starcoder, "text" otherwise
     include_sets: list[str] | None = None  # slimpajama: keep only these set names
     exclude_sets: list[str] = field(default_factory=lambda: [GITHUB_SET])  # slimpajama

@@ -106,11 +106,9 @@ def run(args: argparse.Namespace, console=print) -> None:
                 f"{Path(summary['markdown']).parent / 'plots'}")
         return
 
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_dir():
-        from compactlm.errors import CheckpointError
+    from compactlm.checkpoint.layout import require_checkpoint
 
-        raise CheckpointError(f"{checkpoint}: no such checkpoint directory")
+    checkpoint = require_checkpoint(args.checkpoint)
     out_dir = Path(args.output) if args.output else Path("eval-results") / checkpoint.resolve().name
     manager = tasks.task_manager(specs, args.include_path) if specs else None  # unknown names fail first
     lm = tasks.load_lm(checkpoint, args.batch_size, args.device, args.dtype, progress)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,6 +69,7 @@ class CompactLM(TemplateLM):
                  prefix_token_id: int | None = None, progress: bool | str = True, head_rows: int = 512,
                  **unused: Any):
         super().__init__()
+        from compactlm.checkpoint.layout import require_checkpoint
         from compactlm.checkpoint.model import from_pretrained
         from compactlm.tokenizer.tokenizer import load_tokenizer
 
@@ -86,9 +86,7 @@ class CompactLM(TemplateLM):
         if model is None:
             if pretrained is None:
                 raise CompactlmError("the compactlm backend needs pretrained=PATH (or model= and tokenizer=)")
-            path = Path(pretrained)
-            if not path.is_dir():
-                raise CheckpointError(f"{path}: no such checkpoint directory")
+            path = require_checkpoint(pretrained)
             model = from_pretrained(path, device=device, dtype=dtype)
             tokenizer = tokenizer or load_tokenizer(path)
             if tokenizer is None:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compactlm.errors import CheckpointError, CompactlmError, first_line
+from compactlm.errors import CompactlmError, first_line
 from compactlm.eval.results import jsonable
 
 
@@ -202,11 +202,9 @@ def load_lm(checkpoint: str | Path, batch_size: int = 16, device: str | None = N
             progress: bool = True):
     from compactlm.eval.harness import CompactLM
 
-    path = Path(checkpoint)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint directory")
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a checkpoint directory")
+    from compactlm.checkpoint.layout import require_checkpoint
+
+    path = require_checkpoint(checkpoint)
     return CompactLM(str(path), batch_size=batch_size, device=device, dtype=dtype, progress=progress)
 
 

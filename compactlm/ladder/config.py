@@ -57,45 +57,45 @@ class FitSection:
     huber_delta: float = 1e-3  # Huber loss on log-loss residuals (Chinchilla: 1e-3)
     starts: int = 32  # L-BFGS runs, from the best points of Chinchilla's initialisation grid
     bootstrap: int = 200  # refits on resampled points for the confidence intervals (0: none)
-    confidence: float = 0.95
+    confidence: float = 0.95  # of the bootstrap intervals
     min_steps: int = 0  # points trained for fewer optimizer steps stay in the table but out of the fits
     isoflop_window: int = 0  # approach 2: the parabola through all of a budget's sizes (0) or the k around its lowest loss
-    seed: int = 0
+    seed: int = 0  # of the bootstrap resampling
     target: str = "tinyllama-1.1b"  # the model the law is extrapolated to (a preset)
-    target_vocab: int = 32000
-    target_seq_len: int = 2048
+    target_vocab: int = 32000  # the target's vocabulary, for its FLOPs per token
+    target_seq_len: int = 2048  # the target's context, for its FLOPs per token
     target_tokens: float = 3e12  # what it was trained on (TinyLlama: 3T)
 
 
 @dataclass
 class AblationSection:
     knob: str = ""  # a train-config key, dotted (optim.lr, model.n_kv_head, data.seq_len), or data.weights
-    values: list[typing.Any] = field(default_factory=list)
+    values: list[typing.Any] = field(default_factory=list)  # the knob's values to compare
     labels: list[str] = field(default_factory=list)  # default: the values as text
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])  # one run per value and seed
     seed_keys: list[str] = field(default_factory=lambda: ["seed", "data.seed"])  # set to each seed in turn
     size: SizeSpec | None = None  # default: the base config's model
-    tokens: float = 0.0
+    tokens: float = 0.0  # tokens each ablation run trains on
 
 
 @dataclass
 class LadderConfig:
     base: str = "configs/demo.yaml"  # the train config every point starts from
     overrides: list[str] = field(default_factory=list)  # KEY=VALUE applied to the base for every point
-    out_dir: str = "out/ladder"
-    sizes: list[SizeSpec] = field(default_factory=list)
+    out_dir: str = "out/ladder"  # points/<name>/ run directories, ladder.md, ladder.json, plots
+    sizes: list[SizeSpec] = field(default_factory=list)  # model sizes: presets or shapes (see SizeSpec)
     tokens: list[float] = field(default_factory=list)  # grid study: token budgets
     budgets: list[float] = field(default_factory=list)  # isoflop study: compute budgets (FLOPs)
     flops: str = "model"  # model: C = flops_per_token(seq_len) x D (head and attention included); 6nd: C = 6 N D
     tokens_per_param: list[float] = field(default_factory=list)  # isoflop: keep points with lo <= D/N <= hi
     min_steps: int = 20  # fewer optimizer steps: refused (grid, ablation) or dropped (isoflop)
-    warmup_fraction: float = 0.05
+    warmup_fraction: float = 0.05  # warm-up as a share of each run's steps
     checkpoint_every: int = 100  # optimizer steps; a killed point resumes from here
     eval_samples: int = 512  # validation blocks for each point's final loss (the same blocks for all)
     jobs: int = 1  # points trained at once, in separate processes
     threads: int = 0  # torch threads per job (0: CPU cores / jobs)
-    fit: FitSection = field(default_factory=FitSection)
-    ablation: AblationSection | None = None
+    fit: FitSection = field(default_factory=FitSection)  # the scaling-law fit and its target
+    ablation: AblationSection | None = None  # an ablation study instead of sizes x tokens or budgets
 
     @property
     def mode(self) -> str:

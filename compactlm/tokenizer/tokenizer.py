@@ -54,6 +54,9 @@ class Tokenizer:
                 from tokenizers import Tokenizer as HFTokenizer
 
                 self._hf = HFTokenizer.from_str(data.decode("utf-8"))
+                # Raw text is text: a literal "</s>" in a document must not become the control token
+                # (SentencePiece never parses control tokens out of text either).
+                self._hf.encode_special_tokens = True
                 self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
                 default_bos, default_eos = self._find_special(_BOS_NAMES), self._find_special(_EOS_NAMES)
         except Exception as exc:  # both libraries raise bare RuntimeError/Exception on corrupt files

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from compactlm.config.train import PARALLELISMS
 from compactlm.errors import CompactlmError
-
-PARALLELISMS = ("auto", "fsdp", "ddp", "none")
 
 
 @dataclass(frozen=True)

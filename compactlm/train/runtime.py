@@ -9,10 +9,9 @@ from pathlib import Path
 
 import torch
 
+from compactlm.config.train import KERNEL_MODES, PRECISIONS
 from compactlm.errors import ConfigError
 
-KERNEL_MODES = ("auto", "eager", "compile")
-PRECISIONS = ("auto", "bf16", "fp32")
 # Dense bf16 tensor-core peak per GPU (no sparsity), by a substring of torch.cuda.get_device_name().
 PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12),
               ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12), ("A6000", 155e12), ("V100", 125e12)]

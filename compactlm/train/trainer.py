@@ -26,13 +26,13 @@ import yaml
 from safetensors.torch import save_file
 
 from compactlm.checkpoint import layout
-from compactlm.checkpoint.io import atomic_directory, publish_directory
-from compactlm.checkpoint.model import build_model, write_model_files
-from compactlm.checkpoint.training import (FORMATS, full_state, load_training_state, read_train_state, save_sharded,
+from compactlm.checkpoint.io import atomic_directory, publish_directory, safetensors_shapes
+from compactlm.checkpoint.model import build_model, check_tensors, write_model_files
+from compactlm.checkpoint.training import (full_state, load_training_state, read_train_state, save_sharded,
                                            write_train_state)
 from compactlm.config.loader import to_dict
 from compactlm.config.model import ModelConfig
-from compactlm.config.train import TrainConfig, resolve_run
+from compactlm.config.train import CHECKPOINT_FORMATS, TrainConfig, resolve_run
 from compactlm.data.mixture import Mixture, batches
 from compactlm.errors import CompactlmError, ConfigError
 from compactlm.model.transformer import lm_loss
@@ -40,6 +40,7 @@ from compactlm.train import metrics as metrics_file
 from compactlm.train.distributed import (barrier, clip_grad_norm, close_distributed, gradient_sync, init_distributed,
                                          parallelize, resolve_parallelism)
 from compactlm.train.optim import lr_at, make_optimizer, set_lr
+from compactlm.train.run_dir import claim
 from compactlm.train.runtime import (apply_kernels, autocast, autocast_dtype, device_peak_flops, peak_memory,
                                      resolve_device)
 from compactlm.train.validate import Validator
@@ -49,9 +50,20 @@ class TrainingError(CompactlmError):
     pass
 
 
+class Interrupted(TrainingError):
+    """Stopped by a signal (Ctrl-C, SIGTERM) after a checkpoint; the CLI exits 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.exit_code = 128 + (signum or signal.SIGTERM)
+
+    def __reduce__(self):  # crosses process boundaries (the ladder's workers) intact
+        return type(self), (str(self), self.exit_code - 128)
+
+
 def resolve_checkpoint_format(name: str, parallelism: str) -> str:
-    if name not in FORMATS:
-        raise ConfigError(f"train.checkpoint_format {name!r}: choose one of {', '.join(FORMATS)}")
+    if name not in CHECKPOINT_FORMATS:
+        raise ConfigError(f"train.checkpoint_format {name!r}: choose one of {', '.join(CHECKPOINT_FORMATS)}")
     if name == "auto":
         return "sharded" if parallelism == "fsdp" else "full"
     return name
@@ -62,7 +74,7 @@ def _silent(*args, **kwargs) -> None:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False, console=print):
+    def __init__(self, config: TrainConfig, resume: bool = False, console=print, overwrite: bool = False):
         self.config, self.console = config, console
         self.run_dir = Path(config.run_dir)
         self.world = init_distributed(resolve_device(config.device).type)
@@ -81,6 +93,16 @@ class Trainer:
         self._checkpoint_group = (dist.new_group(backend="gloo") if self.world_size > 1 and
                                   self.checkpoint_format == "sharded" and config.train.async_checkpoint else None)
         self.run = resolve_run(config, self.world_size)
+        self._lock = claim(self.run_dir, resume, overwrite) if self.world.is_main else None
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, resume: bool) -> None:
+        config = self.config
+        barrier(self.world)  # rank 0 has claimed the run directory
         self.model_config: ModelConfig = self.run.model
         self.accumulation, self.max_steps, self.decay_steps = (self.run.accumulation, self.run.max_steps,
                                                                self.run.decay_steps)
@@ -133,6 +155,8 @@ class Trainer:
             diff = [f"{f}: {getattr(saved, f)} -> {getattr(self.model_config, f)}"
                     for f in saved.to_dict() if getattr(saved, f) != getattr(self.model_config, f)]
             raise TrainingError(f"{path}: checkpoint model config differs from this run's ({'; '.join(diff)})")
+        if not layout.is_sharded(path):  # the same one-line tensor report as from_pretrained
+            check_tensors(self.module, safetensors_shapes(path / layout.WEIGHTS_FILE), path / layout.WEIGHTS_FILE)
         state = read_train_state(path)
         next_index = self.mixture.check_state(state["data"], str(path / layout.STATE_FILE))
         # The global data stream depends on global_batch only: any number of ranks continues it.
@@ -212,8 +236,24 @@ class Trainer:
         for old in layout.complete_checkpoints(self.run_dir)[:-self.config.keep_checkpoints or None]:
             shutil.rmtree(old, ignore_errors=True)
 
+    def close(self) -> None:
+        """Release the run directory (also done at the end of `fit`)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     # ---- fit ------------------------------------------------------------------------------------
     def fit(self) -> dict:
+        try:
+            if self.step >= self.max_steps:
+                self.console(f"{self.run_dir}: already trained to step {self.step} (train.max_steps {self.max_steps}); "
+                             "nothing to do. Raise train.max_steps (or train.max_tokens) to train further")
+                return {}
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict:
         cfg, train = self.config, self.config.train
         self.console(self._banner())
         loader = iter(batches(self.mixture, train.micro_batch, start=self.step * train.global_batch,
@@ -242,8 +282,8 @@ class Trainer:
                     self.save_checkpoint(final=False)
                 if self._stop_requested:
                     path = self.save_checkpoint()
-                    raise TrainingError(f"stopped by signal {self._stop_signal or '(on another rank)'} at step "
-                                        f"{self.step}; checkpoint {path}; continue with --resume")
+                    raise Interrupted(f"stopped by signal {self._stop_signal or '(on another rank)'} at step "
+                                      f"{self.step}; checkpoint {path}; continue with --resume", self._stop_signal)
             self.save_checkpoint()
         finally:
             metrics.close()
@@ -336,9 +376,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def train(config: TrainConfig, resume: bool = False, console=print) -> dict:
-    """Train from a config; returns the last logged metrics. Under torchrun, every rank calls this."""
+def train(config: TrainConfig, resume: bool = False, console=print, overwrite: bool = False) -> dict:
+    """Train from a config; returns the last logged metrics. Under torchrun, every rank calls this.
+
+    A run directory that already holds a run needs `resume` (continue it) or `overwrite` (replace it).
+    """
     try:
-        return Trainer(config, resume=resume, console=console).fit()
+        return Trainer(config, resume=resume, console=console, overwrite=overwrite).fit()
     finally:
         close_distributed()
