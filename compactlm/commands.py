@@ -188,7 +188,7 @@ def config_kind(path: str | None, kind: str | None) -> str:
 def config_show(args) -> None:
     import importlib
 
-    from compactlm.config.loader import describe, load_config
+    from compactlm.config.loader import describe, load_config, problems
 
     kind = config_kind(args.config, args.kind)
     module, name = CONFIG_KINDS[kind]
@@ -196,7 +196,7 @@ def config_show(args) -> None:
     if args.config is None and kind != "train":
         raise CompactlmError(f"compactlm config show --kind {kind} needs a CONFIG file (its required keys have no "
                              "defaults)")
-    config = load_config(cls, args.config, args.overrides)
+    config = load_config(cls, args.config, args.overrides, check=False)  # show it, then say what is wrong
     rows = [(key, type_name, _short(value), _short(default), meaning)
             for key, type_name, value, default, meaning in describe(config)]
     print(f"# {kind} config{' ' + args.config if args.config else ' (defaults)'}: every key, its type, "
@@ -205,6 +205,8 @@ def config_show(args) -> None:
     for key, type_name, value, default, meaning in rows:
         note = "" if value == default else f"  (default {default})"
         print(f"{key:<{widths[0]}}  {type_name:<{widths[1]}}  {value:<{widths[2]}}  # {meaning}{note}")
+    for problem in problems(config):
+        print(f"note: {problem}")
 
 
 def _short(value) -> str:

@@ -163,3 +163,32 @@ def tiny_train_config(tiny_dataset, run_dir, **overrides):
             "checkpoint_every": 5, "keep_checkpoints": 2, "eval_every": 20, "eval_samples": 16, "log_every": 10}
     apply_overrides(data, [f"{k}={v}" for k, v in overrides.items()])
     return from_dict(TrainConfig, data, "test")
+
+
+def tree_hashes(*roots) -> dict[str, str]:
+    """sha256 of every file under the given paths (files or directories): what a failing command must
+    leave byte-identical."""
+    import hashlib
+    from pathlib import Path
+
+    hashes = {}
+    for root in map(Path, roots):
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+        for path in files:
+            hashes[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def fails_with_one_line(argv: list[str], expected: str, capsys, untouched=()) -> str:
+    """Run the CLI: exit 1, exactly one stderr line `error: ...` containing `expected`, no traceback,
+    and every file under `untouched` byte-identical afterwards."""
+    from compactlm.cli import main
+
+    before = tree_hashes(*untouched)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1, (argv, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, (argv, err)
+    assert tree_hashes(*untouched) == before, argv
+    return err.strip()

@@ -263,3 +263,18 @@ def test_control_token_strings_in_documents_stay_text_in_the_shards(tmp_path, bp
     shard_docs = shard_documents(tmp_path / "out" / "d", manifest)
     assert [tok.decode(d[:-1].tolist()) for d in shard_docs] == docs  # documents round-trip
     assert all(d[-1] == tok.eos_id and tok.eos_id not in d[:-1] for d in shard_docs)  # one EOS, at the end
+
+
+def test_empty_documents_are_counted_not_fatal_even_without_skipping_bad_rows(tmp_path, bpe_tokenizer_file):
+    import json
+
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("one", "", "two")) + "{bad json\n")
+    data = {"output_dir": str(tmp_path / "out"), "workers": 1, "skip_bad_rows": False,
+            "tokenizer": {"path": str(bpe_tokenizer_file)}, "datasets": {"d": {"sources": [{"path": str(raw)}]}}}
+    with pytest.raises(DataError, match=r"raw\.jsonl: bad rows \(bad_json: 1\)"):  # a bad row is still fatal
+        prepare(load_config(PrepareConfig, data=data), progress=False)
+    raw.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("one", "", "two")))
+    shutil_out = tmp_path / "out2"
+    manifest = prepare(load_config(PrepareConfig, data={**data, "output_dir": str(shutil_out)}), progress=False)["d"]
+    assert manifest["documents"] == 2 and manifest["sources"][0]["skipped"] == {"empty": 1}

@@ -78,19 +78,26 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] = (), data: dict | None = None):
-    """Build dataclass `cls` from a YAML file (or a dict) plus overrides, checked."""
+def load_config(cls, path: str | Path | None = None, overrides: list[str] = (), data: dict | None = None,
+                check: bool = True):
+    """Build dataclass `cls` from a YAML file (or a dict) plus overrides, checked unless told not to."""
     source = str(path) if path is not None else "config"
     data = dict(data or {}) if path is None else read_yaml(path)
     overridden = apply_overrides(data, list(overrides))
-    return from_dict(cls, data, source, overridden)
+    return from_dict(cls, data, source, overridden, check)
 
 
-def from_dict(cls, data, source: str = "config", overridden: dict[str, str] | None = None):
+def problems(config) -> list[str]:
+    """What a config's own `checks()` find wrong, as 'key: problem' lines."""
+    checks = config.checks() if hasattr(config, "checks") else []
+    return [f"{key}: {problem}" for key, ok, problem in checks if not ok]
+
+
+def from_dict(cls, data, source: str = "config", overridden: dict[str, str] | None = None, check: bool = True):
     """Build and check `cls` from plain data; problems become one ConfigError line."""
     try:
         config = _build(cls, data, "")
-        for key, ok, problem in (config.checks() if hasattr(config, "checks") else []):
+        for key, ok, problem in (config.checks() if check and hasattr(config, "checks") else []):
             if not ok:
                 raise KeyProblem(key, problem)
     except KeyProblem as p:

@@ -60,7 +60,8 @@ class TokenStream:
         else:
             files = sorted(self.directory.glob("*.bin"))
             if not files:
-                raise DataError(f"{self.directory}: no {MANIFEST} and no lit-gpt *.bin files")
+                raise DataError(f"{self.directory}: no {MANIFEST} and no lit-gpt *.bin files; prepare the data "
+                                "with `compactlm prepare CONFIG` and list its output directories in data.datasets")
             self.parts = [read_litpkds(f) for f in files]  # lit-gpt data as the original project prepared it
             self.hash = hashlib.sha256(json.dumps([(f.name, len(p)) for f, p in zip(files, self.parts)]).encode()).hexdigest()
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
