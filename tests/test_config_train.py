@@ -78,7 +78,8 @@ def test_a_batch_that_does_not_divide_fails_the_same_way_in_plan_and_train(tiny_
     assert main(["train", *args]) == 1
     train_error = capsys.readouterr().err.strip()
     assert plan_error == train_error == ("error: train.global_batch 30 is not a multiple of micro_batch x ranks "
-                                         "(16 x 1 = 16)")
+                                         "(16 x 1 = 16); change train.micro_batch, train.global_batch or the "
+                                         "number of ranks")
     assert not (tmp_path / "run").exists()  # refused before anything was written
     with pytest.raises(ConfigError, match=r"\(16 x 3 = 48\)"):  # the rank count enters the message
         resolve_run(on_tiny_data(path, tiny_dataset), world_size=3)

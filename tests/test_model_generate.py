@@ -91,3 +91,15 @@ def test_cli_generate_streams_decoded_text(tmp_path, capsys, spm_tokenizer_file)
     expected = compactlm.generate(model, torch.tensor([prompt_ids]), 12, eos_id=tokenizer.eos_id)
     continuation = tokenizer.decode(expected[0, len(prompt_ids):].tolist())
     assert out == "def decode(" + continuation + "\n"
+
+
+@pytest.mark.parametrize("kwargs", [{"max_new_tokens": 0}, {"max_new_tokens": -1}, {"temperature": -1.0},
+                                    {"top_k": 0}, {"top_p": 5.0}, {"top_p": 0.0}])
+def test_bad_sampling_arguments_are_refused_before_any_work(kwargs):
+    from compactlm.checkpoint.model import build_model
+    from compactlm.errors import CompactlmError
+
+    model = build_model(random_config())
+    args = {"max_new_tokens": 4, **kwargs}
+    with pytest.raises(CompactlmError, match="generate: max_new_tokens"):
+        compactlm.generate(model, torch.zeros(1, 3, dtype=torch.long), **args)

@@ -54,7 +54,9 @@ def read_train_state(checkpoint: Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as exc:  # truncated zip, unsafe pickle, ...
-        raise CheckpointError(f"{path}: cannot load safely with weights_only=True ({first_line(exc)})") from None
+        reason = first_line(exc).split(". ")[0]  # torch appends a paragraph of advice
+        raise CheckpointError(f"{path}: cannot load safely with weights_only=True ({reason}); the checkpoint is "
+                              "damaged: delete its directory to resume from the one before") from None
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a compactlm training state (missing {', '.join(missing)})")

@@ -217,7 +217,8 @@ def resolve_run(config: TrainConfig, world_size: int = 1, vocab_size: int | None
     per_step = train.micro_batch * world_size
     if train.global_batch % per_step:
         raise ConfigError(f"train.global_batch {train.global_batch} is not a multiple of micro_batch x ranks "
-                          f"({train.micro_batch} x {world_size} = {per_step})")
+                          f"({train.micro_batch} x {world_size} = {per_step}); change train.micro_batch, "
+                          "train.global_batch or the number of ranks")
     tokens_per_step = train.global_batch * config.data.seq_len
     max_steps = train.max_steps or math.ceil(train.max_tokens / tokens_per_step)
     return ResolvedRun(model=model, tokenizer_path=path, world_size=world_size,

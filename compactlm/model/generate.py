@@ -82,6 +82,10 @@ def generate(model: Transformer, input_ids: torch.Tensor, max_new_tokens: int, t
     result is then shorter). on_token receives each step's new tokens [B] (for streaming).
     """
     T = input_ids.shape[1]
+    if max_new_tokens < 1 or temperature < 0 or (top_k is not None and top_k < 1) or \
+            (top_p is not None and not 0 < top_p <= 1):
+        raise CompactlmError(f"generate: max_new_tokens {max_new_tokens} must be >= 1, temperature {temperature} >= 0, "
+                             f"top_k {top_k} >= 1 and top_p {top_p} in (0, 1]")
     if T + max_new_tokens > model.config.max_seq_len:
         raise CompactlmError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the model's context "
                              f"of {model.config.max_seq_len} tokens")
