@@ -24,3 +24,9 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (libraries raise multi-line dumps), or its type."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def shown_key(key: str) -> str:
+    """A key as a message shows it: quoted when it holds a line break or another unprintable character
+    (YAML and overrides allow any key), so the message stays one line."""
+    return key if key.isprintable() else repr(key)

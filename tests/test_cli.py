@@ -5,7 +5,6 @@ and the files the command could have touched are byte-identical afterwards.
 """
 
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -109,8 +109,8 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
+    except (SafetensorError, OSError, ValueError) as exc:  # the header's JSON error quotes the bad bytes
+        raise CheckpointError(f"{path}: unreadable safetensors file ({first_line(exc)})") from None
 
 
 def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:

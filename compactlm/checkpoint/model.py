@@ -8,6 +8,7 @@ A compactlm checkpoint directory holds `config.json` (a `ModelConfig`, marked `"
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from safetensors.torch import save_file
 from compactlm.checkpoint.io import atomic_directory, cpu_state, load_safetensors, model_state_dict, read_json
 from compactlm.checkpoint.layout import CONFIG_FILE, WEIGHTS_FILE, is_sharded, require_checkpoint
 from compactlm.config.model import ModelConfig, get_preset
-from compactlm.errors import CheckpointError, short_list
+from compactlm.errors import CheckpointError, first_line, short_list, shown_key
 from compactlm.model.transformer import Transformer
 from compactlm.tokenizer.tokenizer import Tokenizer
 
@@ -51,7 +52,7 @@ def check_tensors(model: Transformer, shapes: dict[str, tuple[int, ...]], source
     """One line naming the missing, unexpected and misshaped tensors (name -> shape) for this model."""
     expected = {k: tuple(v.shape) for k, v in model_state_dict(model).items()}
     missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
+    unexpected = sorted(shown_key(k) for k in set(shapes) - set(expected))  # a file's names: any text
     misshaped = sorted(f"{k} (file {list(shapes[k])}, model {list(expected[k])})"
                        for k in set(expected) & set(shapes) if tuple(shapes[k]) != expected[k])
     problems = [f"{label}: {short_list(items)}" for label, items in
@@ -78,7 +79,10 @@ def write_model_files(directory: Path, config: ModelConfig, tokenizer: Tokenizer
 
 
 def is_compactlm_dir(directory: Path) -> bool:
-    return (directory / CONFIG_FILE).is_file() and read_json(directory / CONFIG_FILE).get("format") == "compactlm"
+    if not (directory / CONFIG_FILE).is_file():
+        return False
+    data = read_json(directory / CONFIG_FILE)  # any JSON value: a list or a number is no compactlm config
+    return isinstance(data, dict) and data.get("format") == "compactlm"
 
 
 def from_pretrained(path: str | Path, device: str | torch.device | None = None,
@@ -99,9 +103,21 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None,
 
         config = hf.config_from_hf(read_json(path / CONFIG_FILE), source=str(path / CONFIG_FILE))
         state, source = hf.state_dict_from_hf(hf.load_hf_weights(path), config, source=path), path
-    model = build_model(config, device="meta")
-    load_weights(model, state, source)
-    return finish_loading(model, device, dtype)
+    with _memory_errors(path, config, device):
+        model = build_model(config, device="meta")
+        load_weights(model, state, source)
+        return finish_loading(model, device, dtype)
+
+
+@contextmanager
+def _memory_errors(path: Path, config: ModelConfig, device):
+    """One line instead of torch's bare RuntimeError when the model does not fit: the RoPE tables alone
+    take max_seq_len x head_dim floats, and a config.json can ask for more than any machine has."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: cannot build this model on {device or 'cpu'} (max_seq_len "
+                              f"{config.max_seq_len}): {first_line(exc)}") from None
 
 
 def _consolidate(path: Path, config: ModelConfig, device, dtype) -> Transformer:
@@ -109,12 +125,14 @@ def _consolidate(path: Path, config: ModelConfig, device, dtype) -> Transformer:
     # torch.distributed.checkpoint takes ~0.7 s to import: only for sharded checkpoints
     from compactlm.checkpoint.training import load_sharded_weights
 
-    model = build_model(config, device="meta")
-    model.to_empty(device="cpu")  # DCP reads into real tensors; no time spent on a random init
+    with _memory_errors(path, config, device):
+        model = build_model(config, device="meta")
+        model.to_empty(device="cpu")  # DCP reads into real tensors; no time spent on a random init
     load_sharded_weights(path, model_state_dict(model))
     if config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
-    return finish_loading(model, device, dtype)
+    with _memory_errors(path, config, device):
+        return finish_loading(model, device, dtype)
 
 
 def finish_loading(model: Transformer, device=None, dtype=None) -> Transformer:

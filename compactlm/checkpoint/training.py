@@ -60,6 +60,15 @@ def read_train_state(checkpoint: Path) -> dict:
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a compactlm training state (missing {', '.join(missing)})")
+    # Resuming indexes into these and hands rng_cpu to torch.set_rng_state: wrong types fail here, named.
+    kinds = {"step": int, "tokens_seen": int, "nonfinite_total": int, "nonfinite_run": int, "data": dict,
+             "rng_cpu": torch.Tensor, "optimizer": dict}
+    wrong = [k for k, kind in kinds.items()
+             if k in state and (not isinstance(state[k], kind) or isinstance(state[k], bool))]
+    if not wrong and state["rng_cpu"].dtype != torch.uint8:
+        wrong = ["rng_cpu"]
+    if wrong:
+        raise CheckpointError(f"{path}: not a compactlm training state ({', '.join(wrong)} of the wrong type)")
     return state
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from compactlm.errors import ConfigError
+from compactlm.errors import CompactlmError, ConfigError, shown_key
 
 
 class KeyProblem(Exception):
@@ -39,7 +39,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. optim.lr=3e-4")
     try:
         parsed = yaml.safe_load(value) if value else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # PyYAML recurses once per nesting level: "[[[[..." is text
         parsed = value
     return key.strip().split("."), parsed
 
@@ -53,7 +53,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict[str, str]:
         for i, key in enumerate(path[:-1]):
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(path[:i + 1])} is not a section")
+                raise ConfigError(f"override {text!r}: {shown_key('.'.join(path[:i + 1]))} is not a section")
         node[path[-1]] = value
         applied[".".join(path)] = text
     return applied
@@ -73,6 +73,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:  # PyYAML recurses once per nesting level
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys to values")
     return data
@@ -111,8 +113,8 @@ def _attribute(p: KeyProblem, source: str, overridden: dict[str, str]) -> str:
     """Blame the override that set the key (or a section above it), else the file."""
     for key, text in overridden.items():
         if p.key == key or p.key.startswith((key + ".", key + "[")):
-            return f"override {text!r}: {p.key}: {p.problem}"
-    return f"{source}: {p.key}: {p.problem}"
+            return f"override {text!r}: {shown_key(p.key)}: {p.problem}"
+    return f"{source}: {shown_key(p.key)}: {p.problem}"
 
 
 def _join(where: str, key: str) -> str:
@@ -132,8 +134,9 @@ def _build(cls, data, where: str):
         return cls(**values)
     except TypeError as exc:  # a required key is missing
         raise KeyProblem(where or "config", str(exc).split(".__init__() ")[-1]) from None
-    except ConfigError as exc:  # a dataclass's own __post_init__ check
-        raise KeyProblem(where or "config", str(exc)) from None
+    except CompactlmError as exc:  # a dataclass's own __post_init__ check (SourceConfig's is a DataError)
+        # its message may quote a value with a line break in it: the key's message stays one line
+        raise KeyProblem(where or "config", " ".join(str(exc).splitlines())) from None
 
 
 UNKNOWN = "unknown key"

@@ -40,6 +40,17 @@ class ModelConfig:
     eos_id: int | None = 2
 
     def __post_init__(self) -> None:
+        # config.json files come from anywhere: a string or float size must fail here, naming the
+        # field, not as a TypeError deep inside torch; sizes are checked before they divide anything.
+        for f in dataclasses.fields(self):
+            value, kinds = getattr(self, f.name), _FIELD_KINDS[str(f.type)]
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ConfigError(f"{f.name} must be {f.type}, got {value!r}")
+        for name in ("n_layer", "d_model", "n_head", "n_kv_head", "ffn_dim", "vocab_size", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.head_dim < 0:
+            raise ConfigError(f"head_dim must be positive (or 0: d_model // n_head), got {self.head_dim}")
         if self.head_dim == 0:
             if self.d_model % self.n_head:
                 raise ConfigError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
@@ -48,9 +59,6 @@ class ModelConfig:
             raise ConfigError(f"n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim {self.head_dim} must be even for rotary embeddings")
-        for name in ("n_layer", "d_model", "n_head", "n_kv_head", "ffn_dim", "vocab_size", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
     # ---- parameter and FLOP accounting -------------------------------------------------------
     @property
@@ -101,7 +109,7 @@ class ModelConfig:
             raise ConfigError(f"{source}: unknown model config keys {unknown}")
         try:
             return cls(**data)
-        except TypeError as exc:
+        except (TypeError, ConfigError) as exc:  # a missing field, or one that fails the checks
             raise ConfigError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> None:
@@ -118,6 +126,10 @@ class ModelConfig:
         if not isinstance(data, dict) or data.get("format") != "compactlm":
             raise ConfigError(f"{path}: not a compactlm model config (no \"format\": \"compactlm\")")
         return cls.from_dict(data, source=str(path))
+
+
+# The accepted Python types of each annotation above (bool is an int, but never a size).
+_FIELD_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "int | None": (int, type(None))}
 
 
 def _ladder_rung(name: str, n_layer: int, d_model: int, n_kv_head: int) -> ModelConfig:

@@ -113,7 +113,7 @@ class TrainConfig:
             ("data.seq_len", d.seq_len >= 1, f"must be at least 1, got {d.seq_len}"),
             ("data.val_fraction", 0 <= d.val_fraction < 1, f"must be in [0, 1), got {d.val_fraction}"),
             ("data.num_workers", d.num_workers >= 0, f"must be >= 0, got {d.num_workers}"),
-            *((f"data.datasets[{i}].weight", s.weight >= 0, f"must be >= 0, got {s.weight}")
+            *((f"data.datasets[{i}].weight", 0 <= s.weight < math.inf, f"must be finite and >= 0, got {s.weight}")
               for i, s in enumerate(d.datasets)),
             ("optim.lr", o.lr > 0, f"must be positive, got {o.lr}"),
             ("optim.min_lr", 0 <= o.min_lr <= o.lr, f"must be in [0, optim.lr = {o.lr}], got {o.min_lr}"),

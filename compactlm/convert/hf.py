@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from compactlm.checkpoint.io import atomic_directory, cpu_state, load_safetensors, load_torch_weights, read_json
 from compactlm.checkpoint.layout import CONFIG_FILE
 from compactlm.config.model import ModelConfig
-from compactlm.errors import CheckpointError, ConfigError, short_list
+from compactlm.errors import CheckpointError, ConfigError, first_line, short_list, shown_key
 from compactlm.model.transformer import Transformer
 from compactlm.tokenizer.tokenizer import Tokenizer
 
@@ -26,6 +26,8 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 # ---- config ----------------------------------------------------------------------------------
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{source}: not a model config (expected a JSON object)")
     if hf.get("model_type") != "llama":
         raise ConfigError(f"{source}: model_type is {hf.get('model_type')!r}, only 'llama' is supported")
     if hf.get("hidden_act", "silu") != "silu":
@@ -33,6 +35,8 @@ def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise ConfigError(f"{source}: linear biases are not supported (attention_bias/mlp_bias)")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise ConfigError(f"{source}: rope_parameters / rope_scaling must be an object, got {rope!r}")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise ConfigError(f"{source}: RoPE scaling {rope_type!r} is not supported, only the default RoPE")
@@ -51,6 +55,10 @@ def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
         )
     except KeyError as exc:
         raise ConfigError(f"{source}: missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError, IndexError) as exc:  # a string rope_theta, an empty eos_token_id list, ...
+        raise ConfigError(f"{source}: invalid field value ({first_line(exc)})") from None
+    except ConfigError as exc:  # ModelConfig's own checks
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def config_to_hf(config: ModelConfig) -> dict:
@@ -121,7 +129,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: ModelConfig, s
     names = _name_map(config)
     wanted = {h for hf_names in names.values() for h in hf_names}
     missing = sorted(wanted - set(hf_state))
-    unexpected = sorted(set(hf_state) - wanted)
+    unexpected = sorted(shown_key(k) for k in set(hf_state) - wanted)  # a file's names may hold line breaks
     if missing or unexpected:
         parts = [f"missing tensors: {short_list(missing)}" if missing else "",
                  f"unexpected tensors: {short_list(unexpected)}" if unexpected else ""]
@@ -154,7 +162,13 @@ def load_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
                                ("pytorch_model.bin.index.json", load_torch_weights)):
         index = directory / index_name
         if index.is_file():
-            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+            data = read_json(index)
+            weight_map = data.get("weight_map", {}) if isinstance(data, dict) else None
+            # shard files lie beside the index: "/" or "../x" would read outside the checkpoint
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) and f.isprintable() and f
+                                                           and Path(f).name == f for f in weight_map.values()):
+                raise CheckpointError(f"{index}: weight_map is not a mapping of tensor names to file names")
+            shards = sorted(set(weight_map.values()))
             if not shards:
                 raise CheckpointError(f"{index}: weight_map is empty")
             state = {}

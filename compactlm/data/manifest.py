@@ -36,7 +36,34 @@ def read_manifest(directory: str | Path) -> dict:
     manifest = read_json(path, DataError)
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(f"{path}: not a compactlm dataset manifest")
+    problem = _manifest_problem(manifest)
+    if problem:  # a hand-edited or damaged manifest: readers index into these entries
+        raise DataError(f"{path}: {problem}")
     return manifest
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is wrong with the entries that readers rely on, if anything."""
+    tokenizer, shards = manifest.get("tokenizer"), manifest.get("shards")
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("hash"), str):
+        return "tokenizer.hash is missing or not a string"
+    if not isinstance(manifest.get("hash"), str):
+        return "hash is missing or not a string"
+    if not isinstance(shards, list):
+        return "shards is missing or not a list"
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict) or not _is_file_name(shard.get("file")):
+            return f"shards[{i}].file is missing or not a file name"
+        tokens = shard.get("tokens")
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            return f"shards[{i}].tokens is missing or not a count of tokens"
+    return None
+
+
+def _is_file_name(name) -> bool:
+    """A plain name of a file beside the manifest: no directories, no NUL (open() refuses it), no line
+    break (messages name the file on one line)."""
+    return isinstance(name, str) and bool(name) and name.isprintable() and Path(name).name == name
 
 
 def write_manifest(directory: Path, manifest: dict) -> dict:
@@ -58,5 +85,10 @@ def manifest_tokenizer(directory: str | Path) -> Path:
                         "data with `compactlm prepare`")
     recorded = read_manifest(directory)["tokenizer"]
     if recorded.get("file"):
+        if not _is_file_name(recorded["file"]):
+            raise DataError(f"{directory / MANIFEST}: tokenizer.file is not a file name")
         return directory / recorded["file"]
+    if not isinstance(recorded.get("path"), str) or not recorded["path"]:
+        raise DataError(f"{directory / MANIFEST}: names no tokenizer (tokenizer.file or tokenizer.path); "
+                        "set data.tokenizer")
     return Path(recorded["path"])

@@ -132,8 +132,12 @@ class Mixture:
         if not sources:
             raise DataError("a mixture needs at least one dataset")
         weights = np.array([s.weight for s in sources], dtype=np.float64)
-        if (weights < 0).any() or weights.sum() <= 0:
-            raise DataError(f"mixture weights must be non-negative and not all zero, got {weights.tolist()}")
+        with np.errstate(over="ignore"):
+            total = weights.sum()
+        # .inf passes the config's ">= 0" check and 1e308 + 1e308 overflows: neither leaves a share to deal
+        if (weights < 0).any() or not 0 < total < np.inf:
+            raise DataError(f"data.datasets weights must be non-negative with a finite sum above 0, "
+                            f"got {weights.tolist()}")
         self.sources, self.seq_len, self.seed = sources, seq_len, seed
         self.weights = weights / weights.sum()
         self.streams = [TokenStream(s.path, tokenizer_hash) for s in sources]
@@ -226,12 +230,19 @@ class Mixture:
     def check_state(self, state: dict, source: str = "checkpoint") -> int:
         """The next global sample index of a saved state, after checking it belongs to this mixture."""
         mine = self.state(0)
+        if not isinstance(state, dict):
+            raise DataError(f"{source}: the data state is not a mapping")
         for key in ("seed", "seq_len", "manifests"):
             if state.get(key) != mine[key]:
-                raise DataError(f"{source}: data {key} differs from this run's ({state.get(key)} vs {mine[key]})")
-        if not np.allclose(state.get("weights", []), mine["weights"]):
-            raise DataError(f"{source}: mixture weights differ from this run's ({state['weights']} vs {mine['weights']})")
-        return int(state["next_index"])
+                raise DataError(f"{source}: data {key} differs from this run's ({state.get(key)!r} vs {mine[key]!r})")
+        weights = state.get("weights")
+        if not (isinstance(weights, list) and len(weights) == len(mine["weights"])
+                and all(isinstance(w, float) for w in weights) and np.allclose(weights, mine["weights"])):
+            raise DataError(f"{source}: mixture weights differ from this run's ({weights!r} vs {mine['weights']})")
+        next_index = state.get("next_index")
+        if not isinstance(next_index, int) or isinstance(next_index, bool) or next_index < 0:
+            raise DataError(f"{source}: data next_index must be a sample count, got {next_index!r}")
+        return next_index
 
 
 def rank_indices(start: int, batch: int, batch_size: int, rank: int, world_size: int) -> np.ndarray:

@@ -162,12 +162,16 @@ def _read_state(directory: Path, unit: _Unit, tokenizer: Tokenizer) -> _UnitStat
     path = _progress_path(directory, unit)
     if not path.is_file():
         return _UnitState()
-    record = json.loads(path.read_text())
-    if record["tokenizer_hash"] != tokenizer.hash or record["input"] != str(unit.path):
-        raise DataError(f"{path}: left by a run with another tokenizer or input; use a new output_dir")
-    if any(s["file"] and not (directory / s["file"]).is_file() for s in record["shards"]):
-        return _UnitState()  # a finished shard went missing: redo the file
-    return _UnitState(shards=record["shards"], records=record["records"], complete=record["complete"])
+    try:
+        record = json.loads(path.read_text())
+        if record["tokenizer_hash"] != tokenizer.hash or record["input"] != str(unit.path):
+            raise DataError(f"{path}: left by a run with another tokenizer or input; use a new output_dir")
+        if any(s["file"] and not (directory / s["file"]).is_file() for s in record["shards"]):
+            return _UnitState()  # a finished shard went missing: redo the file
+        return _UnitState(shards=record["shards"], records=record["records"], complete=record["complete"])
+    except (ValueError, KeyError, TypeError) as exc:  # written atomically: only a hand-edited file lands here
+        raise DataError(f"{path}: damaged progress record ({type(exc).__name__}); delete it to redo that "
+                        "file") from None
 
 
 def _save_state(directory: Path, unit: _Unit, state: _UnitState, tokenizer: Tokenizer) -> None:

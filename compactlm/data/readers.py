@@ -50,6 +50,9 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise DataError(f"source {self.path}: unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.txt_separator == "":  # bytes.split(b"") fails deep inside the reader
+            raise DataError(f"source {self.path}: txt_separator is empty; give a separator, or null for one "
+                            "document per file")
         self.text_field = self.text_field or ("content" if self.kind == "starcoder" else "text")
         self.name = self.name or Path(self.path).name
 
@@ -166,6 +169,9 @@ def _parquet_batches(path: Path, column: str, batch_bytes: int) -> Iterator[list
     with pq.ParquetFile(path) as parquet:
         if column not in parquet.schema_arrow.names:
             raise DataError(f"{path}: no column {column!r} (columns: {', '.join(parquet.schema_arrow.names)})")
+        kind = parquet.schema_arrow.field(column).type
+        if not _is_text_type(kind):  # the workers would get ints, lists or dicts where they expect text
+            raise DataError(f"{path}: column {column!r} holds {kind}, not text")
         for group in range(parquet.num_row_groups):
             texts = parquet.read_row_group(group, columns=[column]).column(0).to_pylist()
             batch, size = [], 0
@@ -177,6 +183,17 @@ def _parquet_batches(path: Path, column: str, batch_bytes: int) -> Iterator[list
                     batch, size = [], 0
             if batch:
                 yield batch
+
+
+def _is_text_type(kind) -> bool:
+    """Strings or bytes (plain, large, view or dictionary-encoded), or a column of nulls only."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    checks = ("is_string", "is_large_string", "is_string_view", "is_binary", "is_large_binary", "is_binary_view",
+              "is_null")
+    return any(getattr(pa.types, check, lambda _: False)(kind) for check in checks)
 
 
 def _txt_batches(path: Path, separator: str | None, batch_bytes: int) -> Iterator[list]:
@@ -232,7 +249,7 @@ def _json_text(line: bytes, spec: dict, skipped: Counter) -> str | None:
     except UnicodeDecodeError:
         skipped["invalid_utf8"] += 1
         return None
-    except ValueError:
+    except (ValueError, RecursionError):  # json recurses once per nesting level: "[[[[..." is not a row
         skipped["bad_json"] += 1
         return None
     if not isinstance(row, dict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compactlm.errors import CheckpointError
+from compactlm.errors import CheckpointError, first_line
 
 # GGUF token types use SentencePiece's numbering (normal 1, unknown 2, control 3, user-defined 4,
 # unused 5, byte 6), so they carry over unchanged.
@@ -35,13 +35,22 @@ def _array(reader, name: str, path: Path) -> list:
 def sentencepiece_model_from_gguf(path: str | Path) -> bytes:
     """The serialised SentencePiece ModelProto equivalent to a GGUF file's Llama tokenizer."""
     from gguf import GGUFReader
-    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
     path = Path(path)
     try:
         reader = GGUFReader(path)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable GGUF file ({exc})") from None
+    except Exception as exc:  # a cut or damaged file: IndexError, ValueError, KeyError, ... from the reader
+        raise CheckpointError(f"{path}: not a readable GGUF file ({first_line(exc)})") from None
+    try:
+        return _model_proto(reader, path)
+    except (IndexError, ValueError, TypeError) as exc:  # a field of the wrong type, size or range; not UTF-8
+        raise CheckpointError(f"{path}: malformed tokenizer.ggml fields ({first_line(exc)})") from None
+
+
+def _model_proto(reader, path: Path) -> bytes:
+    """The SentencePiece ModelProto of the reader's tokenizer.ggml.* fields, serialised."""
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
     model_kind = _scalar(reader, "tokenizer.ggml.model")
     if model_kind != "llama":
         raise CheckpointError(f"{path}: tokenizer.ggml.model is {model_kind!r}; only 'llama' (SentencePiece) "

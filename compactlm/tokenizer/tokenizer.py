@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from compactlm.errors import CheckpointError
+from compactlm.errors import CheckpointError, first_line
 from compactlm.fileio import atomic_write
 
 SPM_FILE = "tokenizer.model"
@@ -60,7 +60,7 @@ class Tokenizer:
                 self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
                 default_bos, default_eos = self._find_special(_BOS_NAMES), self._find_special(_EOS_NAMES)
         except Exception as exc:  # both libraries raise bare RuntimeError/Exception on corrupt files
-            raise CheckpointError(f"{self.path}: not a valid {self.kind} tokenizer ({exc})") from None
+            raise CheckpointError(f"{self.path}: not a valid {self.kind} tokenizer ({first_line(exc)})") from None
         self.bos_id = bos_id if bos_id is not None else _none_if_negative(default_bos)
         self.eos_id = eos_id if eos_id is not None else _none_if_negative(default_eos)
 
@@ -155,8 +155,17 @@ def _special_ids_from_config(directory: Path) -> tuple[int | None, int | None]:
         data = json.loads(config.read_text())
     except (OSError, ValueError):
         return None, None
+    if not isinstance(data, dict):
+        return None, None
     bos, eos = data.get("bos_id", data.get("bos_token_id")), data.get("eos_id", data.get("eos_token_id"))
-    return (bos[0] if isinstance(bos, list) else bos), (eos[0] if isinstance(eos, list) else eos)
+    return _config_id(bos), _config_id(eos)
+
+
+def _config_id(value) -> int | None:
+    """An id as config.json records it (HF allows a list of them); anything but a token id is none."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer | None:
