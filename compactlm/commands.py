@@ -177,10 +177,10 @@ def config_kind(path: str | None, kind: str | None) -> str:
         return kind or "train"
     from compactlm.config.loader import read_yaml
 
-    keys = set(read_yaml(path))
-    if keys & {"base", "sizes", "budgets", "ablation", "out_dir"}:
+    data = read_yaml(path)
+    if set(data) & {"base", "sizes", "budgets", "ablation", "out_dir"}:
         return "ladder"
-    if "output_dir" in keys or isinstance(read_yaml(path).get("datasets"), dict):
+    if "output_dir" in data or isinstance(data.get("datasets"), dict):
         return "prepare"
     return "train"
 
@@ -188,7 +188,7 @@ def config_kind(path: str | None, kind: str | None) -> str:
 def config_show(args) -> None:
     import importlib
 
-    from compactlm.config.loader import describe, load_config, problems
+    from compactlm.config.loader import describe, failed_checks, load_config
 
     kind = config_kind(args.config, args.kind)
     module, name = CONFIG_KINDS[kind]
@@ -205,8 +205,8 @@ def config_show(args) -> None:
     for key, type_name, value, default, meaning in rows:
         note = "" if value == default else f"  (default {default})"
         print(f"{key:<{widths[0]}}  {type_name:<{widths[1]}}  {value:<{widths[2]}}  # {meaning}{note}")
-    for problem in problems(config):
-        print(f"note: {problem}")
+    for key, problem in failed_checks(config):
+        print(f"note: {key}: {problem}")
 
 
 def _short(value) -> str:

@@ -97,8 +97,7 @@ def run_demo() -> None:
     run_dir = Path(config.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo always starts fresh
     trainer = Trainer(config)
-    baseline = unigram_loss(trainer.mixture, trainer.mixture.val_samples(config.eval_samples),
-                            trainer.tokenizer.vocab_size)
+    baseline = unigram_loss(trainer.mixture, trainer.validator.samples.numpy(), trainer.tokenizer.vocab_size)
     last = trainer.fit()
     checkpoint = latest_checkpoint(run_dir)
 

@@ -929,7 +929,7 @@ def test_train_state_files(fuzz_checkpoints, fuzz_mixture, data, how):
     """read_train_state, then what resuming does with it: the mixture checks the saved data position."""
     import torch
 
-    from compactlm.checkpoint.training import STATE_KEYS, read_train_state
+    from compactlm.checkpoint.training import STATE_TYPES, read_train_state
 
     root = fuzz_checkpoints
     with scratch() as tmp:
@@ -946,11 +946,11 @@ def test_train_state_files(fuzz_checkpoints, fuzz_mixture, data, how):
         elif how == "bytes":
             blob = data.draw(st.binary(max_size=80), label="bytes")
         elif how == "object":  # a valid torch file of anything
-            blob = _torch_bytes(data.draw(st.dictionaries(st.sampled_from(list(STATE_KEYS)) | KEY_TEXT, JSON_VALUES,
+            blob = _torch_bytes(data.draw(st.dictionaries(st.sampled_from(list(STATE_TYPES)) | KEY_TEXT, JSON_VALUES,
                                                           max_size=7) | JSON_VALUES, label="object"))
         else:  # the real state with one entry gone or replaced, or its data position damaged
             value = torch.load(root / "state" / "train_state.pt", weights_only=True)
-            key = data.draw(st.sampled_from([*STATE_KEYS, "optimizer"]), label="key")
+            key = data.draw(st.sampled_from([*STATE_TYPES, "optimizer"]), label="key")
             action = data.draw(st.sampled_from(["keep", "drop", "replace"]), label="action")
             if how == "data":
                 value["data"] = apply_edits(value["data"], data.draw(edit_lists(
@@ -967,7 +967,7 @@ def test_train_state_files(fuzz_checkpoints, fuzz_mixture, data, how):
         state = outcome(lambda: read_train_state(directory), source)
         if how in ("state", "data") and (action == "keep" or how == "data"):
             assert state is not None, "an intact state (its data position aside) loads"
-        if how == "state" and action == "drop" and key in STATE_KEYS:
+        if how == "state" and action == "drop" and key in STATE_TYPES:
             assert state is None, f"a state without {key} loads"
         if state is None:
             return

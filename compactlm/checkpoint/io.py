@@ -104,36 +104,41 @@ def read_json(path: Path) -> dict:
     return fileio.read_json(path, CheckpointError)
 
 
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+@contextmanager
+def _safetensors_errors(path: Path) -> Iterator[None]:
     try:
-        return load_file(path)
+        yield
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except (SafetensorError, OSError, ValueError) as exc:  # the header's JSON error quotes the bad bytes
         raise CheckpointError(f"{path}: unreadable safetensors file ({first_line(exc)})") from None
 
 
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    with _safetensors_errors(path):
+        return load_file(path)
+
+
 def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in a safetensors file, from its header (no tensor is read)."""
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({first_line(exc)})") from None
+    with _safetensors_errors(path), safe_open(path, framework="pt") as f:
+        return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
 
 
-def load_torch_weights(path: Path) -> dict:
-    """A pickled PyTorch file, restricted to tensors and plain containers (no code is run)."""
+def load_torch_weights(path: Path, mmap: bool = True) -> dict:
+    """A pickled PyTorch file, restricted to tensors and plain containers (no code is run).
+
+    mmap=False reads it whole: for tensors that will be updated in place (an optimizer's state).
+    """
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except RuntimeError as exc:
-            if "mmap" not in str(exc):
+            if not mmap or "mmap" not in str(exc):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad or unsafe files
-        raise CheckpointError(f"{path}: cannot load safely with weights_only=True ({first_line(exc)})") from None
+        reason = first_line(exc).split(". ")[0]  # torch appends a paragraph of advice to some errors
+        raise CheckpointError(f"{path}: cannot load safely with weights_only=True ({reason})") from None

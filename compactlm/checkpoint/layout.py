@@ -1,7 +1,7 @@
 """Where everything of a checkpoint lives: the one owner of file names and the "complete" rule.
 
     RUN_DIR/
-      config.yaml  metrics.jsonl  tensorboard/
+      config.yaml  metrics.jsonl  tensorboard/  eval/ (compactlm eval --run)
       checkpoints/
         step-00000180/            a complete checkpoint (renamed into place once fully written)
           config.json             ModelConfig ("format": "compactlm")
@@ -31,10 +31,12 @@ CONFIG_COPY = "train_config.yaml"
 DCP_DIR = "dcp"
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG = "config.yaml"
+TENSORBOARD_DIR = "tensorboard"
+EVAL_DIR = "eval"
 _STEP_DIR = re.compile(r"step-(\d{8})")
 
-__all__ = ["CHECKPOINTS_DIR", "CONFIG_COPY", "CONFIG_FILE", "DCP_DIR", "METRICS_FILE", "RUN_CONFIG", "STATE_FILE",
-           "WEIGHTS_FILE", "checkpoint_dir", "complete_checkpoints", "is_complete", "is_sharded",
+__all__ = ["CHECKPOINTS_DIR", "CONFIG_COPY", "CONFIG_FILE", "DCP_DIR", "EVAL_DIR", "METRICS_FILE", "RUN_CONFIG",
+           "STATE_FILE", "TENSORBOARD_DIR", "WEIGHTS_FILE", "checkpoint_dir", "complete_checkpoints", "is_complete", "is_sharded",
            "latest_checkpoint", "remove_leftovers", "require_checkpoint", "step_of", "temporary_dir"]
 
 

@@ -34,11 +34,14 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from compactlm.checkpoint.io import load_safetensors
+from compactlm.checkpoint.io import load_safetensors, load_torch_weights
 from compactlm.checkpoint.layout import DCP_DIR, STATE_FILE, WEIGHTS_FILE, is_sharded
 from compactlm.errors import CheckpointError, first_line
 
-STATE_KEYS = ("step", "tokens_seen", "data", "nonfinite_total", "nonfinite_run", "rng_cpu")
+# What resuming reads from train_state.pt (it indexes into these and hands rng_cpu to torch.set_rng_state),
+# with their types; "optimizer" is there in full-format checkpoints only.
+STATE_TYPES = {"step": int, "tokens_seen": int, "data": dict, "nonfinite_total": int, "nonfinite_run": int,
+               "rng_cpu": torch.Tensor}
 
 
 # ---- train_state.pt -------------------------------------------------------------------------------
@@ -50,19 +53,14 @@ def read_train_state(checkpoint: Path) -> dict:
     """train_state.pt of a checkpoint, loaded without running code, with its keys checked."""
     path = Path(checkpoint) / STATE_FILE
     try:  # read whole, not memory-mapped: the optimizer keeps these tensors and updates them in place
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except Exception as exc:  # truncated zip, unsafe pickle, ...
-        reason = first_line(exc).split(". ")[0]  # torch appends a paragraph of advice
-        raise CheckpointError(f"{path}: cannot load safely with weights_only=True ({reason}); the checkpoint is "
-                              "damaged: delete its directory to resume from the one before") from None
-    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+        state = load_torch_weights(path, mmap=False)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; the checkpoint is damaged: delete its directory to resume from the one "
+                              "before") from None
+    missing = [k for k in STATE_TYPES if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a compactlm training state (missing {', '.join(missing)})")
-    # Resuming indexes into these and hands rng_cpu to torch.set_rng_state: wrong types fail here, named.
-    kinds = {"step": int, "tokens_seen": int, "nonfinite_total": int, "nonfinite_run": int, "data": dict,
-             "rng_cpu": torch.Tensor, "optimizer": dict}
+    kinds = {**STATE_TYPES, "optimizer": dict}
     wrong = [k for k, kind in kinds.items()
              if k in state and (not isinstance(state[k], kind) or isinstance(state[k], bool))]
     if not wrong and state["rng_cpu"].dtype != torch.uint8:

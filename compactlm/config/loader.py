@@ -89,19 +89,18 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = (), 
     return from_dict(cls, data, source, overridden, check)
 
 
-def problems(config) -> list[str]:
-    """What a config's own `checks()` find wrong, as 'key: problem' lines."""
+def failed_checks(config) -> list[tuple[str, str]]:
+    """(key, problem) for each of a config's own `checks()` that does not hold."""
     checks = config.checks() if hasattr(config, "checks") else []
-    return [f"{key}: {problem}" for key, ok, problem in checks if not ok]
+    return [(key, problem) for key, ok, problem in checks if not ok]
 
 
 def from_dict(cls, data, source: str = "config", overridden: dict[str, str] | None = None, check: bool = True):
     """Build and check `cls` from plain data; problems become one ConfigError line."""
     try:
         config = _build(cls, data, "")
-        for key, ok, problem in (config.checks() if check and hasattr(config, "checks") else []):
-            if not ok:
-                raise KeyProblem(key, problem)
+        for key, problem in failed_checks(config)[:1] if check else []:
+            raise KeyProblem(key, problem)
     except KeyProblem as p:
         if p.problem == UNKNOWN:
             p.problem = UNKNOWN + _suggestion(cls, p.key)
@@ -167,15 +166,15 @@ def _convert(hint, value, where: str):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
-        problems = []
+        rejections = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _convert(option, value, where)
             except KeyProblem as p:
-                problems.append(p)
-        raise problems[0] if problems else KeyProblem(where, f"invalid value {value!r}")
+                rejections.append(p)
+        raise rejections[0] if rejections else KeyProblem(where, f"invalid value {value!r}")
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if origin is list:
@@ -241,7 +240,7 @@ def _own_field_docs(cls) -> dict[str, str]:
 def describe(config, where: str = "") -> list[tuple[str, str, object, object, str]]:
     """(dotted key, type, value, default, meaning) for every leaf key of a config."""
     rows = []
-    docs = field_docs(type(config))
+    docs, hints = field_docs(type(config)), typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         key, value = _join(where, f.name), getattr(config, f.name)
         if dataclasses.is_dataclass(value):
@@ -249,22 +248,18 @@ def describe(config, where: str = "") -> list[tuple[str, str, object, object, st
             continue
         default = (f.default if f.default is not dataclasses.MISSING else
                    f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        if dataclasses.is_dataclass(default):
-            default = to_dict(default)
-        value = _plain(value)
-        type_name = typing.get_type_hints(type(config))[f.name]
-        rows.append((key, _type_name(type_name), value, default, docs.get(f.name, "")))
+        rows.append((key, _type_name(hints[f.name]), plain(value), plain(default), docs.get(f.name, "")))
     return rows
 
 
-def _plain(value):
-    """Dataclasses inside lists and mappings as plain data, for printing."""
+def plain(value):
+    """A config value as plain data: dataclasses, also inside lists and mappings, become dicts."""
     if dataclasses.is_dataclass(value):
         return to_dict(value)
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     return value
 
 

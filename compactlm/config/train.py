@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compactlm.config.loader import load_config, to_dict
+from compactlm.config.loader import load_config, plain
 from compactlm.config.model import ModelConfig, get_preset
 from compactlm.data.mixture import MixtureSource
 from compactlm.errors import ConfigError
@@ -156,12 +156,8 @@ def result_defining(config) -> dict:
     for f in dataclasses.fields(config):
         if f.metadata.get("result", True):
             value = getattr(config, f.name)
-            out[f.name] = result_defining(value) if dataclasses.is_dataclass(value) else to_dict_value(value)
+            out[f.name] = result_defining(value) if dataclasses.is_dataclass(value) else plain(value)
     return out
-
-
-def to_dict_value(value):
-    return [to_dict(v) if dataclasses.is_dataclass(v) else v for v in value] if isinstance(value, list) else value
 
 
 # ---- resolution ------------------------------------------------------------------------------------
@@ -176,24 +172,8 @@ class ResolvedRun:
     max_steps: int
     decay_steps: int  # warm-up + cosine length
     tokens_per_step: int
-
-    def tokenizer(self):
-        from compactlm.tokenizer.tokenizer import Tokenizer
-
-        if self.tokenizer_path is None:
-            raise ConfigError("this run was resolved without a tokenizer")
-        return Tokenizer(self.tokenizer_path)
-
-
-def tokenizer_path(config: TrainConfig) -> Path:
-    """data.tokenizer, or the tokenizer stored with the first dataset."""
-    from compactlm.data.manifest import manifest_tokenizer
-
-    if config.data.tokenizer:
-        return Path(config.data.tokenizer)
-    if not config.data.datasets:
-        raise ConfigError("data.datasets is empty: list prepared dataset directories with weights")
-    return manifest_tokenizer(config.data.datasets[0].path)
+    # the Tokenizer read from tokenizer_path (runs compare by the path, not the loaded object)
+    tokenizer: object = field(default=None, compare=False, repr=False)
 
 
 def resolve_run(config: TrainConfig, world_size: int = 1, vocab_size: int | None = None) -> ResolvedRun:
@@ -203,16 +183,17 @@ def resolve_run(config: TrainConfig, world_size: int = 1, vocab_size: int | None
     """
     if not config.data.datasets:
         raise ConfigError("data.datasets is empty: list prepared dataset directories with weights")
-    path, bos_id, eos_id = None, None, None
-    if vocab_size is None:
+    path, tokenizer = None, None
+    if vocab_size is None:  # data.tokenizer, or the tokenizer stored with the first dataset
+        from compactlm.data.manifest import manifest_tokenizer
         from compactlm.tokenizer.tokenizer import Tokenizer
 
-        path = tokenizer_path(config)
+        path = Path(config.data.tokenizer or manifest_tokenizer(config.data.datasets[0].path))
         tokenizer = Tokenizer(path)
-        vocab_size, bos_id, eos_id = tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id
+        vocab_size = tokenizer.vocab_size
     model = config.model.build_config(vocab_size, config.data.seq_len)
-    if path is not None:
-        model = model.with_special_ids(bos_id, eos_id)
+    if tokenizer is not None:
+        model = model.with_special_ids(tokenizer.bos_id, tokenizer.eos_id)
     train = config.train
     per_step = train.micro_batch * world_size
     if train.global_batch % per_step:
@@ -221,6 +202,6 @@ def resolve_run(config: TrainConfig, world_size: int = 1, vocab_size: int | None
                           "train.global_batch or the number of ranks")
     tokens_per_step = train.global_batch * config.data.seq_len
     max_steps = train.max_steps or math.ceil(train.max_tokens / tokens_per_step)
-    return ResolvedRun(model=model, tokenizer_path=path, world_size=world_size,
+    return ResolvedRun(model=model, tokenizer_path=path, tokenizer=tokenizer, world_size=world_size,
                        accumulation=train.global_batch // per_step, max_steps=max_steps,
                        decay_steps=train.lr_decay_steps or max_steps, tokens_per_step=tokens_per_step)

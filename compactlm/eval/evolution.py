@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from compactlm.checkpoint.layout import complete_checkpoints, step_of
+from compactlm.checkpoint.layout import EVAL_DIR, complete_checkpoints, step_of
 from compactlm.eval.results import average, format_tokens, markdown_table, write_json, write_text
 from compactlm.eval.tasks import EvalError, TaskSpec, check_unsafe, evaluate_lm, load_lm, task_manager
 from compactlm.train.metrics import read_metrics, tokens_at_step, validation_records
@@ -63,7 +63,7 @@ def evaluate_run(run_dir: str | Path, specs: list[TaskSpec], include_paths=None,
     check_unsafe(specs, confirm_run_unsafe_code)
     checkpoints = run_checkpoints(run_dir)
     metrics = read_metrics(run_dir)
-    out_dir = run_dir / "eval"
+    out_dir = run_dir / EVAL_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     lkey = _limit_key(limit)
     manager = None

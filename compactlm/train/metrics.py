@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from compactlm.checkpoint.layout import METRICS_FILE
+from compactlm.checkpoint.layout import METRICS_FILE, TENSORBOARD_DIR
 from compactlm.fileio import atomic_write
 
 
@@ -66,7 +66,7 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=purge_step)
+                self.tb = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=purge_step)
             except ImportError:
                 self.tb = None
 

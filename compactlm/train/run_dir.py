@@ -19,7 +19,8 @@ from compactlm.errors import CompactlmError
 
 LOCK_FILE = ".lock"
 # What a run writes into its directory; --overwrite removes exactly these.
-RUN_ENTRIES = (layout.CHECKPOINTS_DIR, layout.METRICS_FILE, layout.RUN_CONFIG, "tensorboard", "eval")
+RUN_ENTRIES = (layout.CHECKPOINTS_DIR, layout.METRICS_FILE, layout.RUN_CONFIG, layout.TENSORBOARD_DIR,
+               layout.EVAL_DIR)
 
 
 class RunDirError(CompactlmError):

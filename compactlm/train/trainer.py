@@ -106,7 +106,7 @@ class Trainer:
         self.model_config: ModelConfig = self.run.model
         self.accumulation, self.max_steps, self.decay_steps = (self.run.accumulation, self.run.max_steps,
                                                                self.run.decay_steps)
-        self.tokenizer = self.run.tokenizer()
+        self.tokenizer = self.run.tokenizer
         data = config.data
         self.mixture = Mixture(data.datasets, data.seq_len, data.seed, data.val_fraction,
                                tokenizer_hash=self.tokenizer.hash)
