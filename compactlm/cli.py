@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
     gen.set_defaults(func=commands.generate)
 
-    conv = sub.add_parser("convert", help="convert checkpoints to and from Hugging Face and lit-gpt formats")
+    conv = sub.add_parser("convert", help="convert checkpoints to and from Hugging Face, GGUF and lit-gpt formats")
     conv_sub = conv.add_subparsers(dest="direction", required=True)
     to_hf = conv_sub.add_parser("to-hf", help="compactlm checkpoint -> transformers LlamaForCausalLM directory")
     to_hf.add_argument("--checkpoint", required=True, help="a compactlm checkpoint directory")
@@ -93,7 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
                           help="lit_config.json / model_config.yaml, or a preset name (default tinyllama-1.1b)")
     from_lit.add_argument("--tokenizer", default=None, help="tokenizer.model or tokenizer.json to carry along")
     from_lit.add_argument("--out", required=True, help="the directory to write")
-    for direction in (to_hf, consolidate, from_hf, from_lit):
+    to_gguf = conv_sub.add_parser("to-gguf", help="compactlm or HF checkpoint -> one GGUF file for llama.cpp",
+                                  description="Write a GGUF file llama.cpp runs (llama-cli, llama-server, "
+                                  "llama-cpp-python): the model, its tokenizer and its chat template. See docs/deploy.md.")
+    to_gguf.add_argument("--checkpoint", required=True, help="a compactlm or Hugging Face checkpoint directory")
+    to_gguf.add_argument("--out", required=True, help="the .gguf file to write")
+    to_gguf.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0"],
+                         help="weights' type: f32 (exact), f16, bf16, q8_0 (8-bit blocks) or q4_0 (4-bit blocks; "
+                         "embedding and head in q8_0); norms stay f32 (default f32)")
+    from_gguf = conv_sub.add_parser("from-gguf", help="llama.cpp GGUF file (f32/f16/bf16 or quantized) -> "
+                                    "compactlm checkpoint (dequantized to float32)")
+    from_gguf.add_argument("--gguf", required=True, help="a Llama GGUF file")
+    from_gguf.add_argument("--out", required=True, help="the directory to write")
+    for direction in (to_hf, consolidate, from_hf, from_lit, to_gguf, from_gguf):
         direction.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     conv.set_defaults(func=commands.convert)
 

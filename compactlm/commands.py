@@ -77,20 +77,35 @@ def convert(args) -> None:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise CompactlmError(f"{out}: already exists; choose another --out, or pass --overwrite to replace it")
-    source = args.checkpoint if args.direction == "from-litgpt" else require_checkpoint(
-        args.src if args.direction == "from-hf" else args.checkpoint)
+    source = {"from-litgpt": lambda: args.checkpoint, "from-hf": lambda: require_checkpoint(args.src),
+              "from-gguf": lambda: _require_gguf(args.gguf)}.get(args.direction,
+                                                                  lambda: require_checkpoint(args.checkpoint))()
     from compactlm.checkpoint.model import from_pretrained, save_checkpoint
-    from compactlm.convert import hf, litgpt
-    from compactlm.tokenizer.tokenizer import load_tokenizer
+    from compactlm.convert import gguf, hf, litgpt
+    from compactlm.tokenizer.tokenizer import load_tokenizer, read_chat_template
 
     if args.direction == "from-litgpt":
         model = litgpt.load_litgpt(source, args.config)
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     else:
         model, tokenizer = from_pretrained(source), load_tokenizer(source)
+    if args.direction == "to-gguf":
+        if tokenizer is None:
+            raise CompactlmError(f"{source}: no tokenizer.model or tokenizer.json beside the weights; a GGUF file "
+                                 "needs the tokenizer")
+        gguf.export_gguf(model, out, tokenizer, args.dtype, chat_template=read_chat_template(source))
+        print(f"wrote {out} ({model.num_params():,} parameters, {args.dtype}, {out.stat().st_size / 2**20:.1f} MiB)")
+        return
     (hf.save_hf if args.direction == "to-hf" else save_checkpoint)(model, out, tokenizer)
     print(f"wrote {out} ({model.num_params():,} parameters"
           f"{', no tokenizer' if tokenizer is None else ', tokenizer ' + tokenizer.path.name})")
+
+
+def _require_gguf(path: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise CompactlmError(f"{path}: no such GGUF file")
+    return path
 
 
 def prepare(args) -> None:

@@ -1033,3 +1033,42 @@ def test_gguf_tokenizers(fuzz_gguf, data, how):
         if tokenizer is not None:
             ids = tokenizer.encode("hello fuzz 123")
             assert all(0 <= i < tokenizer.vocab_size for i in ids)
+
+
+# ---- 6. GGUF model files -----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def fuzz_gguf_model(bpe_tokenizer_file, tmp_path_factory):
+    """A tiny byte-level BPE Llama exported to q8_0 GGUF: metadata, tokenizer, quantized and f32 tensors."""
+    from compactlm.checkpoint.model import build_model
+    from compactlm.convert.gguf import export_gguf
+    from compactlm.tokenizer.tokenizer import Tokenizer
+    from tests.conftest import random_config
+
+    tokenizer = Tokenizer(bpe_tokenizer_file)
+    model = build_model(random_config(vocab_size=tokenizer.vocab_size, d_model=32, n_head=2, n_kv_head=1,
+                                      ffn_dim=64, n_layer=1))
+    return export_gguf(model, tmp_path_factory.mktemp("fuzz-gguf-model") / "model.gguf", tokenizer, "q8_0")
+
+
+@fuzz(100)
+@given(data=st.data(), how=st.sampled_from(["cut", "flip", "flip", "flip_header"]))
+@example(data=None, how="intact")
+def test_gguf_model_files(fuzz_gguf_model, data, how):
+    """from_pretrained(path.gguf) on a cut or byte-flipped model file: a model or one line naming the file."""
+    from compactlm.checkpoint.model import from_pretrained
+
+    blob = fuzz_gguf_model.read_bytes()
+    if how == "cut":
+        blob = blob[:data.draw(st.integers(0, len(blob) - 1), label="cut")]
+    elif how.startswith("flip"):
+        out = bytearray(blob)
+        where = st.integers(0, 600) if how == "flip_header" else st.integers(0, len(blob) - 1)
+        for at in data.draw(st.lists(where, min_size=1, max_size=3), label="flips"):
+            out[at] ^= data.draw(st.integers(1, 255), label="xor")
+        blob = bytes(out)
+    with scratch() as tmp:
+        path = tmp / "model.gguf"
+        path.write_bytes(blob)
+        model = outcome(lambda: from_pretrained(path), path)
+        if how == "intact":
+            assert model is not None and model.config.n_layer == 1

@@ -33,9 +33,10 @@ METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG = "config.yaml"
 TENSORBOARD_DIR = "tensorboard"
 EVAL_DIR = "eval"
+GGUF_SUFFIX = ".gguf"  # a llama.cpp model file stands in for a checkpoint directory wherever a model is read
 _STEP_DIR = re.compile(r"step-(\d{8})")
 
-__all__ = ["CHECKPOINTS_DIR", "CONFIG_COPY", "CONFIG_FILE", "DCP_DIR", "EVAL_DIR", "METRICS_FILE", "RUN_CONFIG",
+__all__ = ["CHECKPOINTS_DIR", "CONFIG_COPY", "CONFIG_FILE", "DCP_DIR", "EVAL_DIR", "GGUF_SUFFIX", "METRICS_FILE", "RUN_CONFIG",
            "STATE_FILE", "TENSORBOARD_DIR", "WEIGHTS_FILE", "checkpoint_dir", "complete_checkpoints", "is_complete", "is_sharded",
            "latest_checkpoint", "remove_leftovers", "require_checkpoint", "step_of", "temporary_dir"]
 
@@ -84,9 +85,10 @@ def remove_leftovers(run_dir: str | Path) -> None:
 
 
 def require_checkpoint(path: str | Path) -> Path:
-    """`path` if it is a checkpoint directory (compactlm or Hugging Face), else one line saying what to give."""
+    """`path` if it is a checkpoint directory (compactlm or Hugging Face) or a GGUF file, else one line saying
+    what to give."""
     path = Path(path)
-    if path.is_dir() and (path / CONFIG_FILE).is_file():
+    if path.is_dir() and (path / CONFIG_FILE).is_file() or path.is_file() and path.suffix == GGUF_SUFFIX:
         return path
     hint = "give a checkpoint directory such as RUN_DIR/checkpoints/step-XXXXXXXX"
     if path.is_dir() and (path / CHECKPOINTS_DIR).is_dir():

@@ -3,7 +3,8 @@
 A compactlm checkpoint directory holds `config.json` (a `ModelConfig`, marked `"format":
 "compactlm"`), `model.safetensors` (or a sharded `dcp/` training checkpoint) and the tokenizer files.
 `from_pretrained` also accepts a Hugging Face Llama directory (safetensors, sharded or not, or
-`pytorch_model.bin`) and converts it on the fly. Nothing here unpickles code.
+`pytorch_model.bin`) and a llama.cpp GGUF file (dequantized), and converts them on the fly. Nothing here
+unpickles code.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from compactlm.checkpoint.io import atomic_directory, cpu_state, load_safetensors, model_state_dict, read_json
-from compactlm.checkpoint.layout import CONFIG_FILE, WEIGHTS_FILE, is_sharded, require_checkpoint
+from compactlm.checkpoint.layout import CONFIG_FILE, GGUF_SUFFIX, WEIGHTS_FILE, is_sharded, require_checkpoint
 from compactlm.config.model import ModelConfig, get_preset
 from compactlm.errors import CheckpointError, first_line, short_list, shown_key
 from compactlm.model.transformer import Transformer
@@ -87,13 +88,18 @@ def is_compactlm_dir(directory: Path) -> bool:
 
 def from_pretrained(path: str | Path, device: str | torch.device | None = None,
                     dtype: torch.dtype | None = None) -> Transformer:
-    """Load a compactlm checkpoint directory or a Hugging Face Llama directory.
+    """Load a compactlm checkpoint directory, a Hugging Face Llama directory or a llama.cpp GGUF file.
 
     The model is built on the meta device and the file's tensors are assigned to it, so no memory is
     spent on a throw-away initialisation. dtype defaults to float32.
     """
     path = require_checkpoint(path)
-    if is_compactlm_dir(path):
+    if path.suffix == GGUF_SUFFIX and path.is_file():  # dequantized to float32
+        from compactlm.convert.gguf import read_gguf
+
+        config, state, _ = read_gguf(path)
+        source = path
+    elif is_compactlm_dir(path):
         config = ModelConfig.load(path)
         if not (path / WEIGHTS_FILE).is_file() and is_sharded(path):
             return _consolidate(path, config, device, dtype)

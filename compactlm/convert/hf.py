@@ -101,7 +101,8 @@ def _layer_names(i: int) -> dict[str, list[str]]:
     }
 
 
-def _name_map(config: ModelConfig) -> dict[str, list[str]]:
+def tensor_name_map(config: ModelConfig) -> dict[str, list[str]]:
+    """compactlm tensor name -> the HF names it is stacked from (one, or several for fused tensors)."""
     names = {"embed.weight": ["model.embed_tokens.weight"], "norm.weight": ["model.norm.weight"]}
     for i in range(config.n_layer):
         names.update(_layer_names(i))
@@ -126,7 +127,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: ModelConfig, s
         head = hf_state.pop("lm_head.weight", None)
         if head is not None and not torch.equal(head, hf_state.get("model.embed_tokens.weight", head)):
             raise CheckpointError(f"{source}: tie_word_embeddings is set but lm_head.weight differs from the embedding")
-    names = _name_map(config)
+    names = tensor_name_map(config)
     wanted = {h for hf_names in names.values() for h in hf_names}
     missing = sorted(wanted - set(hf_state))
     unexpected = sorted(shown_key(k) for k in set(hf_state) - wanted)  # a file's names may hold line breaks
@@ -148,7 +149,7 @@ def _cat_checked(state, names, source) -> torch.Tensor:
 
 def state_dict_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     out = {}
-    for ours, hf_names in _name_map(config).items():
+    for ours, hf_names in tensor_name_map(config).items():
         sizes = _split_sizes(ours, config)
         parts = state[ours].split(sizes, dim=0) if sizes else [state[ours]]
         out.update({h: p.contiguous() for h, p in zip(hf_names, parts)})

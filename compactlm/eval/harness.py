@@ -156,7 +156,7 @@ class CompactLM(TemplateLM):
 
                 from compactlm.tokenizer.tokenizer import sentencepiece_to_hf_json
 
-                self._pipeline = HFTokenizer.from_str(sentencepiece_to_hf_json(self.tokenizer._data))
+                self._pipeline = HFTokenizer.from_str(sentencepiece_to_hf_json(self.tokenizer.model_bytes))
                 self._pipeline.encode_special_tokens = True  # split_special_tokens in the exported config
             else:
                 self._pipeline = self.tokenizer._hf

@@ -25,16 +25,17 @@ _EOS_NAMES = ("</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>")
 class Tokenizer:
     """A tokenizer from `tokenizer.model` (SentencePiece), `tokenizer.json` (HF) or a `.gguf` file.
 
-    A GGUF file's `tokenizer.ggml.*` fields are rebuilt into a SentencePiece model, so any Llama-family
-    GGUF release brings its tokenizer. `hash` is the SHA-256 of the tokenizer's serialised model.
+    A GGUF file's `tokenizer.ggml.*` fields are rebuilt into a SentencePiece model or a byte-level BPE
+    tokenizer.json, so any Llama-family GGUF release brings its tokenizer. `hash` is the SHA-256 of the
+    tokenizer's serialised model (`model_bytes`).
     """
 
     def __init__(self, path: str | Path, bos_id: int | None = None, eos_id: int | None = None):
         self.path = Path(path)
         if self.path.suffix == ".gguf":
-            from compactlm.tokenizer.gguf import sentencepiece_model_from_gguf
+            from compactlm.tokenizer.gguf import tokenizer_from_gguf
 
-            data, self.kind = sentencepiece_model_from_gguf(self.path), "sentencepiece"
+            self.kind, data = tokenizer_from_gguf(self.path)
         else:
             try:
                 data = self.path.read_bytes()
@@ -85,6 +86,11 @@ class Tokenizer:
             if token_id is not None:
                 return token_id
         return None
+
+    @property
+    def model_bytes(self) -> bytes:
+        """The serialised model: a SentencePiece ModelProto or a tokenizer.json."""
+        return self._data
 
     # ---- use -------------------------------------------------------------------------------
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
@@ -166,6 +172,16 @@ def _config_id(value) -> int | None:
     if isinstance(value, list):
         value = value[0] if value else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def read_chat_template(directory: str | Path) -> str | None:
+    """The Jinja chat template a checkpoint's tokenizer_config.json carries (as transformers writes it), if any."""
+    config = Path(directory) / CONFIG_FILE
+    try:
+        template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return template if isinstance(template, str) and template else None
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer | None:
