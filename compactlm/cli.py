@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=commands.plan)
 
     gen = sub.add_parser("generate", help="stream a continuation of a prompt")
-    gen.add_argument("--checkpoint", required=True, help="compactlm or Hugging Face checkpoint directory")
+    gen.add_argument("--checkpoint", required=True, help="compactlm or Hugging Face checkpoint directory, or a GGUF file")
     gen.add_argument("--prompt", required=True, help="text to continue (BOS is added, special tokens are text)")
     gen.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
     gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default 0.8)")
@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "probability reaches p, in (0, 1]")
     gen.add_argument("--seed", type=int, default=None, help="random seed of the sampling (default: unseeded)")
     gen.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
+    gen.add_argument("--draft", default=None, metavar="CKPT",
+                     help="speculative decoding: a smaller model with the same tokenizer proposes tokens, the "
+                     "checkpoint verifies them in one pass (same output distribution; greedy output identical)")
+    gen.add_argument("--draft-tokens", type=int, default=4, metavar="K",
+                     help="tokens the draft proposes per round (default 4)")
     gen.set_defaults(func=commands.generate)
 
     conv = sub.add_parser("convert", help="convert checkpoints to and from Hugging Face, GGUF and lit-gpt formats")

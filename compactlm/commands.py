@@ -39,17 +39,27 @@ def generate(args) -> None:
     from compactlm.checkpoint.layout import require_checkpoint
 
     check_sampling(args)
+    if args.draft is not None and args.draft_tokens < 1:
+        raise CompactlmError(f"--draft-tokens {args.draft_tokens}: must be at least 1")
     path = require_checkpoint(args.checkpoint)
+    draft_path = require_checkpoint(args.draft) if args.draft is not None else None
     import torch
 
     from compactlm.checkpoint.model import from_pretrained
     from compactlm.model.generate import generate as run_generate
+    from compactlm.model.speculative import speculative_generate
     from compactlm.tokenizer.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(path)
     if tokenizer is None:
         raise CompactlmError(f"{path}: no tokenizer.model or tokenizer.json beside the weights")
     model = from_pretrained(path, device=args.device)
+    if draft_path is not None:
+        draft_tokenizer = load_tokenizer(draft_path)
+        if draft_tokenizer is None or draft_tokenizer.hash != tokenizer.hash:
+            raise CompactlmError(f"{draft_path}: the draft model's tokenizer differs from {path}'s; speculative "
+                                 "decoding needs both to use the same one")
+        draft = from_pretrained(draft_path, device=args.device)
     prompt = tokenizer.encode(args.prompt, bos=True)
     generated: list[int] = []
     printed = ""
@@ -66,20 +76,24 @@ def generate(args) -> None:
             printed = text
 
     sys.stdout.write(args.prompt)
-    run_generate(model, torch.tensor([prompt]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                 top_p=args.top_p, eos_id=tokenizer.eos_id, seed=args.seed, on_token=stream)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=tokenizer.eos_id,
+                    seed=args.seed, on_token=stream)
+    if draft_path is None:
+        run_generate(model, torch.tensor([prompt]), args.max_new_tokens, **sampling)
+    else:
+        _, stats = speculative_generate(model, draft, torch.tensor([prompt]), args.max_new_tokens,
+                                        draft_tokens=args.draft_tokens, **sampling)
     sys.stdout.write(tokenizer.decode(generated)[len(printed):] + "\n")
+    if draft_path is not None:
+        print(f"draft: {stats.accepted}/{stats.proposed} proposed tokens accepted ({stats.acceptance_rate:.0%}), "
+              f"{stats.target_calls} target passes for {len(generated)} tokens", file=sys.stderr)
 
 
 def convert(args) -> None:
-    from compactlm.checkpoint.layout import require_checkpoint
-
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise CompactlmError(f"{out}: already exists; choose another --out, or pass --overwrite to replace it")
-    source = {"from-litgpt": lambda: args.checkpoint, "from-hf": lambda: require_checkpoint(args.src),
-              "from-gguf": lambda: _require_gguf(args.gguf)}.get(args.direction,
-                                                                  lambda: require_checkpoint(args.checkpoint))()
+    source = _convert_source(args)
     from compactlm.checkpoint.model import from_pretrained, save_checkpoint
     from compactlm.convert import gguf, hf, litgpt
     from compactlm.tokenizer.tokenizer import load_tokenizer, read_chat_template
@@ -101,11 +115,17 @@ def convert(args) -> None:
           f"{', no tokenizer' if tokenizer is None else ', tokenizer ' + tokenizer.path.name})")
 
 
-def _require_gguf(path: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise CompactlmError(f"{path}: no such GGUF file")
-    return path
+def _convert_source(args) -> Path:
+    """The model a conversion reads, checked before torch is imported."""
+    from compactlm.checkpoint.layout import require_checkpoint
+
+    if args.direction == "from-litgpt":
+        return Path(args.checkpoint)
+    if args.direction == "from-gguf":
+        if not Path(args.gguf).is_file():
+            raise CompactlmError(f"{args.gguf}: no such GGUF file")
+        return Path(args.gguf)
+    return require_checkpoint(args.src if args.direction == "from-hf" else args.checkpoint)
 
 
 def prepare(args) -> None:

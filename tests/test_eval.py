@@ -25,13 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "tasks"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: one thread is as fast, and on a loaded 2-core machine far faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -992,6 +992,20 @@ def _torch_bytes(value) -> bytes:
 
 
 # ---- 5. GGUF tokenizers ------------------------------------------------------------------------------
+def damaged(blob: bytes, data, how: str, header: int) -> bytes:
+    """blob cut short ("cut"), with one flipped byte anywhere ("flip"), or with up to three flipped in
+    its first `header` bytes ("flip_header": the header and first key/value pairs); else unchanged."""
+    if how == "cut":
+        return blob[:data.draw(st.integers(0, len(blob) - 1), label="cut")]
+    if not how.startswith("flip"):
+        return blob
+    out = bytearray(blob)
+    where = st.integers(0, header) if how == "flip_header" else st.integers(0, len(blob) - 1)
+    for at in data.draw(st.lists(where, min_size=1, max_size=3 if how == "flip_header" else 1), label="flips"):
+        out[at] ^= data.draw(st.integers(1, 255), label="xor")
+    return bytes(out)
+
+
 @pytest.fixture(scope="session")
 def fuzz_gguf(spm_tokenizer_file, tmp_path_factory):
     from tests.test_tokenizer_gguf import write_gguf_from_spm
@@ -1008,17 +1022,8 @@ def test_gguf_tokenizers(fuzz_gguf, data, how):
     """Tokenizer(path.gguf) on a valid GGUF (written with gguf.GGUFWriter) cut or byte-flipped, or any bytes."""
     from compactlm.tokenizer.tokenizer import Tokenizer
 
-    blob = fuzz_gguf.read_bytes()
-    if how == "cut":
-        blob = blob[:data.draw(st.integers(0, len(blob) - 1), label="cut")]
-    elif how.startswith("flip"):
-        out = bytearray(blob)
-        # one flip anywhere (mostly the vocabulary), or a few in the header and first key/value pairs
-        where = st.integers(0, 400) if how == "flip_header" else st.integers(0, len(blob) - 1)
-        for at in data.draw(st.lists(where, min_size=1, max_size=3 if how == "flip_header" else 1), label="flips"):
-            out[at] ^= data.draw(st.integers(1, 255), label="xor")
-        blob = bytes(out)
-    elif how == "bytes":
+    blob = damaged(fuzz_gguf.read_bytes(), data, how, header=400)
+    if how == "bytes":
         blob = data.draw(st.binary(max_size=80), label="bytes")
     elif how == "magic":  # a GGUF magic and version, then anything
         blob = b"GGUF" + struct.pack("<I", data.draw(st.sampled_from([1, 2, 3, 4]), label="version")) \
@@ -1057,15 +1062,7 @@ def test_gguf_model_files(fuzz_gguf_model, data, how):
     """from_pretrained(path.gguf) on a cut or byte-flipped model file: a model or one line naming the file."""
     from compactlm.checkpoint.model import from_pretrained
 
-    blob = fuzz_gguf_model.read_bytes()
-    if how == "cut":
-        blob = blob[:data.draw(st.integers(0, len(blob) - 1), label="cut")]
-    elif how.startswith("flip"):
-        out = bytearray(blob)
-        where = st.integers(0, 600) if how == "flip_header" else st.integers(0, len(blob) - 1)
-        for at in data.draw(st.lists(where, min_size=1, max_size=3), label="flips"):
-            out[at] ^= data.draw(st.integers(1, 255), label="xor")
-        blob = bytes(out)
+    blob = damaged(fuzz_gguf_model.read_bytes(), data, how, header=600)
     with scratch() as tmp:
         path = tmp / "model.gguf"
         path.write_bytes(blob)

@@ -103,3 +103,29 @@ def test_bad_sampling_arguments_are_refused_before_any_work(kwargs):
     args = {"max_new_tokens": 4, **kwargs}
     with pytest.raises(CompactlmError, match="generate: max_new_tokens"):
         compactlm.generate(model, torch.zeros(1, 3, dtype=torch.long), **args)
+
+
+def test_decode_layout_is_kept_between_calls_and_renewed_when_weights_change():
+    from compactlm.model.generate import decode_layout
+
+    torch.manual_seed(0)
+    model = compactlm.build_model(random_config()).eval()
+    prompt = torch.randint(0, 101, (1, 5), generator=torch.Generator().manual_seed(0))
+
+    def copies():
+        with decode_layout(model):
+            return [m.weight_t for m in model.modules() if type(m).__name__ == "_InputMajorLinear"]
+
+    first, second = copies(), copies()
+    assert first and all(a is b for a, b in zip(first, second))  # no second copy
+    assert "_decode_copy" not in "".join(model.state_dict())
+    before = compactlm.generate(model, prompt, 8)
+    with torch.no_grad():
+        model.layers[0].attn.qkv.weight.mul_(-1.0)  # in place, as an optimizer step would
+    after = compactlm.generate(model, prompt, 8)
+    renewed = copies()
+    # the first projection is layer 0's qkv: copied again; every other one kept
+    assert renewed[0] is not first[0] and all(a is b for a, b in list(zip(renewed, first))[1:])
+    with torch.no_grad():
+        logits = model(after[:, :-1])
+    assert torch.equal(after[0, 5:], logits[0, 4:].argmax(-1)) and not torch.equal(before, after)

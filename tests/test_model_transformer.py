@@ -105,3 +105,65 @@ def test_causal_model_ignores_the_future():
         a, b = model(ids), model(changed)
     assert torch.allclose(a[:, :15], b[:, :15], atol=1e-6)
     assert not torch.allclose(a[:, 15:], b[:, 15:], atol=1e-6)
+
+
+# ---- document masking -----------------------------------------------------------------------------
+EOS = 2
+
+
+def _packed_documents(seed: int = 0):
+    """Two rows of packed documents [B, T] (EOS-terminated; a row may start or end mid-document) and,
+    per row, each document's (start, end) span."""
+    g = torch.Generator().manual_seed(seed)
+    rows, spans = [], []
+    for lengths in ((5, 9, 3, 7), (12, 1, 11)):
+        docs = [torch.cat([torch.randint(3, 101, (n - 1,), generator=g), torch.tensor([EOS])]) for n in lengths]
+        row = torch.cat(docs)[:-1]  # the last document runs past the row's end: no EOS
+        starts = [0, *torch.tensor(lengths).cumsum(0)[:-1].tolist()]
+        rows.append(row)
+        spans.append([(s, min(s + n, len(row))) for s, n in zip(starts, lengths)])
+    return torch.stack(rows), spans
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_document_masked_logits_equal_each_document_alone(restart):
+    from compactlm.model.transformer import document_layout
+
+    torch.manual_seed(0)
+    model = compactlm.build_model(random_config(max_seq_len=64)).eval()
+    model.init_weights(torch.Generator().manual_seed(1))
+    idx, spans = _packed_documents()
+    mask, positions = document_layout(idx, EOS, restart_positions=restart)
+    with torch.no_grad():
+        packed = model(idx, attn_mask=mask, position_ids=positions)
+        plain = model(idx)
+        for row, row_spans in enumerate(spans):
+            for start, end in row_spans:
+                # alone: from position 0 with restart, else at the positions it had in the row
+                offset = 0 if restart else start
+                alone = model(idx[row:row + 1, start:end],
+                              position_ids=torch.arange(offset, offset + end - start)[None])
+                assert (packed[row, start:end] - alone[0]).abs().max() < 1e-5, (row, start, end)
+    # the first document of each row sees nothing else anyway; later ones differ from plain attention
+    assert (packed[:, 5:] - plain[:, 5:]).abs().max() > 1e-2
+
+
+def test_document_masked_loss_is_the_loss_of_the_documents_scored_alone():
+    from compactlm.model.transformer import lm_loss
+
+    torch.manual_seed(0)
+    model = compactlm.build_model(random_config(max_seq_len=64)).eval()
+    idx, spans = _packed_documents(seed=3)
+    batch = torch.cat([idx, torch.randint(3, 101, (2, 1), generator=torch.Generator().manual_seed(4))], dim=1)
+    with torch.no_grad():
+        fused = lm_loss(model, batch, fused=True, document_eos=EOS, restart_positions=True)
+        plain_path = lm_loss(model, batch, fused=False, document_eos=EOS, restart_positions=True)
+        total = 0.0
+        for row, row_spans in enumerate(spans):
+            for start, end in row_spans:
+                # each position predicts the next token of the row; an EOS predicts the next document's start
+                logits = model(batch[row:row + 1, start:end])[0]
+                total += torch.nn.functional.cross_entropy(logits, batch[row, start + 1:end + 1],
+                                                           reduction="sum").item()
+    assert fused.item() == pytest.approx(total / idx.numel(), rel=1e-5)
+    assert plain_path.item() == pytest.approx(total / idx.numel(), rel=1e-5)

@@ -42,9 +42,13 @@ def test_gguf_rebuilt_tokenizer_matches_sentencepiece(spm_tokenizer_file, tmp_pa
         assert rebuilt.decode(rebuilt.encode(text)) == text
 
 
-def test_gguf_without_a_llama_tokenizer_is_refused(spm_tokenizer_file, tmp_path):
+def test_gguf_tokenizers_llama_cpp_has_but_we_cannot_rebuild_are_refused(spm_tokenizer_file, tmp_path):
+    write_gguf_from_spm(spm_tokenizer_file, tmp_path / "bert.gguf", model="bert")
+    with pytest.raises(CheckpointError, match=r"bert\.gguf: tokenizer.ggml.model is 'bert'; only 'llama'"):
+        Tokenizer(tmp_path / "bert.gguf")
+    # a byte-level BPE whose pre-tokeniser is not GPT-2's regex (here llama.cpp's "default")
     write_gguf_from_spm(spm_tokenizer_file, tmp_path / "gpt2.gguf", model="gpt2")
-    with pytest.raises(CheckpointError, match=r"gpt2\.gguf: tokenizer.ggml.model is 'gpt2'"):
+    with pytest.raises(CheckpointError, match=r"gpt2\.gguf: tokenizer.ggml.pre is 'default'; .* only 'gpt-2'"):
         Tokenizer(tmp_path / "gpt2.gguf")
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
     with pytest.raises(CheckpointError, match=r"junk\.gguf: not a readable GGUF file"):

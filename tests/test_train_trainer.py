@@ -243,3 +243,18 @@ def test_resume_before_the_first_checkpoint_logs_every_step_once(tiny_dataset, t
              if "loss" in json.loads(line)]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert 9.0 not in losses(run_dir).values()
+
+
+def test_document_masking_trains_and_validates_with_the_same_attention(tiny_dataset, tmp_path):
+    # blocks of 256 tokens: long enough that batches hold document boundaries (EOS)
+    steps = {"train.max_steps": 6, "eval_every": 6, "checkpoint_every": 6, "data.seq_len": 256}
+    plain = train(tiny_train_config(tiny_dataset, tmp_path / "plain", **steps), console=quiet)
+    config = tiny_train_config(tiny_dataset, tmp_path / "masked", **steps, **{"data.document_mask": "true",
+                                                                           "data.document_positions": "restart"})
+    trainer = Trainer(config, console=quiet)
+    assert trainer.loss_options["document_eos"] == trainer.model_config.eos_id is not None
+    assert trainer.validator.loss_options == trainer.loss_options
+    masked = trainer.fit()
+    # the same data and initial weights: the losses differ only through the attention
+    assert losses(tmp_path / "masked") != losses(tmp_path / "plain")
+    assert math.isfinite(masked["val_loss"]) and masked["val_loss"] != plain["val_loss"]

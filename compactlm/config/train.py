@@ -20,6 +20,10 @@ from compactlm.errors import ConfigError
 
 # Field metadata: keys that change how a run is carried out or reported, never what it computes.
 NO_RESULT_CHANGE = {"result": False}
+# Field metadata: a key added after runs were made; at its default it is left out of result_defining, so
+# those runs (a ladder's finished points, identified by a hash of it) keep their identity.
+ADDED_LATER = {"omit_at_default": True}
+POSITION_MODES = ("continue", "restart")
 PRECISIONS = ("auto", "bf16", "fp32")
 KERNEL_MODES = ("auto", "eager", "compile")
 PARALLELISMS = ("auto", "fsdp", "ddp", "none")
@@ -57,6 +61,10 @@ class DataSection:
     seed: int = 1234  # the mixture's order: which block comes when
     val_fraction: float = 0.005  # share of each dataset's blocks held out for validation
     num_workers: int = 0  # data-loader worker processes (0: in the training process)
+    # attention stays inside each document of a packed sequence (documents end at the tokenizer's EOS)
+    document_mask: bool = field(default=False, metadata=ADDED_LATER)
+    # with document_mask, RoPE positions: continue through the sequence, or restart at 0 in each document
+    document_positions: str = field(default="continue", metadata=ADDED_LATER)
 
 
 @dataclass
@@ -113,6 +121,8 @@ class TrainConfig:
             ("data.seq_len", d.seq_len >= 1, f"must be at least 1, got {d.seq_len}"),
             ("data.val_fraction", 0 <= d.val_fraction < 1, f"must be in [0, 1), got {d.val_fraction}"),
             ("data.num_workers", d.num_workers >= 0, f"must be >= 0, got {d.num_workers}"),
+            ("data.document_positions", d.document_positions in POSITION_MODES,
+             f"{d.document_positions!r}: choose {', '.join(POSITION_MODES)}"),
             *((f"data.datasets[{i}].weight", 0 <= s.weight < math.inf, f"must be finite and >= 0, got {s.weight}")
               for i, s in enumerate(d.datasets)),
             ("optim.lr", o.lr > 0, f"must be positive, got {o.lr}"),
@@ -154,9 +164,10 @@ def result_defining(config) -> dict:
     the same model."""
     out = {}
     for f in dataclasses.fields(config):
-        if f.metadata.get("result", True):
-            value = getattr(config, f.name)
-            out[f.name] = result_defining(value) if dataclasses.is_dataclass(value) else plain(value)
+        value = getattr(config, f.name)
+        if not f.metadata.get("result", True) or (f.metadata.get("omit_at_default") and value == f.default):
+            continue
+        out[f.name] = result_defining(value) if dataclasses.is_dataclass(value) else plain(value)
     return out
 
 

@@ -173,6 +173,9 @@ def _config_from_fields(reader, path: Path) -> ModelConfig:
     head_dim = int(field("attention.key_length", d_model // max(n_head, 1)))
     if int(field("rope.dimension_count", head_dim)) != head_dim:
         raise CheckpointError(f"{path}: partial RoPE (rope.dimension_count != head size) is not supported")
+    scaling = gguf_scalar(reader, f"{ARCH}.rope.scaling.type", "none")
+    if scaling != "none":
+        raise CheckpointError(f"{path}: RoPE scaling {scaling!r} is not supported, only the default RoPE")
     embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     vocab = int(field("vocab_size", None if embed is None else int(embed.shape[1])))
     try:

@@ -28,13 +28,26 @@ class _InputMajorLinear(nn.Module):
         return x @ self.weight_t
 
 
+def _input_major(linear: nn.Linear) -> _InputMajorLinear:
+    """linear's [in, out] copy, made once and kept on the layer until its weight changes."""
+    weight = linear.weight
+    key = (weight.data_ptr(), weight._version, weight.dtype)  # in-place updates bump _version
+    cached = linear.__dict__.get("_decode_copy")
+    if cached is None or cached[0] != key:
+        cached = (key, _InputMajorLinear(linear))
+        linear.__dict__["_decode_copy"] = cached  # a plain attribute: not a submodule, not in state_dict
+    return cached[1]
+
+
 @contextmanager
 def decode_layout(model: Transformer) -> Iterator[None]:
     """On the CPU, swap every projection for an [in, out] copy of its weight while decoding.
 
     Decoding one token is a matrix-vector product per projection, bound by memory bandwidth; MKL's
     kernel streams an [in, out] matrix about twice as fast as PyTorch's native [out, in] one (see
-    docs/benchmarks.md). The copies cost the weights' memory once more, for the call only.
+    docs/benchmarks.md). The copies stay with the layers between calls, so that short generations
+    do not pay for re-laying out every weight each time (the weights' memory once more); a weight
+    that changed since (an optimizer step, a load, a dtype change) is copied again.
     """
     if model.lm_head.weight.device.type != "cpu":
         yield
@@ -43,7 +56,7 @@ def decode_layout(model: Transformer) -> Iterator[None]:
                if isinstance(child, nn.Linear)]
     try:
         for parent, name, child in swapped:
-            setattr(parent, name, _InputMajorLinear(child))
+            setattr(parent, name, _input_major(child))
         yield
     finally:
         for parent, name, child in swapped:

@@ -3,10 +3,11 @@
 Leviathan et al. 2023, "Fast Inference from Transformers via Speculative Decoding"; Chen et al. 2023.
 Each round the draft proposes K tokens one at a time, and the target scores all of them in one forward
 pass: decoding one token is bound by reading the weights, so K + 1 positions cost the target far less
-than K + 1 steps (on a 2-core CPU, a 27M-parameter target takes ~1.5x one step for 2 to 7). Draft token i is accepted with probability min(1, p_i / q_i); the first rejected one is replaced
-by a sample of normalize(max(0, p - q)), and when all K pass the target adds a bonus token of its
-own. The output is distributed exactly as the target's own sampling (with its temperature, top-k and
-top-p), and at temperature 0 it is the target's greedy decode, token for token.
+than K + 1 steps (on a 2-core CPU, a 27M-parameter target takes ~1.5x one step for 2 to 7). Draft
+token i is accepted with probability min(1, p_i / q_i); the first rejected one is replaced by a sample
+of normalize(max(0, p - q)), and when all K pass the target adds a bonus token of its own. The output
+is distributed exactly as the target's own sampling (with its temperature, top-k and top-p), and at
+temperature 0 it is the target's greedy decode, token for token.
 
 Both KV caches only ever hold the sequence's accepted prefix: rejected positions are dropped by
 lowering `cache.length` (the next forward overwrites them). Each forward feeds the tokens a model has
@@ -51,10 +52,8 @@ def speculative_generate(target: Transformer, draft: Transformer, input_ids: tor
     _check_arguments(target, draft, input_ids, max_new_tokens, draft_tokens, temperature, top_k, top_p)
     device = target.embed.weight.device
     generator = None
-    if seed is not None or temperature == 0:
-        # Greedy decoding draws too, from one-hot distributions (so the draws are certain): a generator
-        # of its own keeps it from advancing torch's global one, as greedy `generate` does not.
-        generator = torch.Generator(device=device).manual_seed(seed or 0)
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
     sampling = (temperature, top_k, top_p)
     # A model drafting for itself (a test of the rule: everything is accepted) is laid out once.
     with decode_layout(target), decode_layout(draft) if draft is not target else nullcontext():
@@ -65,7 +64,8 @@ def speculative_generate(target: Transformer, draft: Transformer, input_ids: tor
 
 def _check_arguments(target, draft, input_ids, max_new_tokens, draft_tokens, temperature, top_k, top_p) -> None:
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise CompactlmError(f"speculative_generate: input_ids must be one sequence [1, T], got {list(input_ids.shape)}")
+        raise CompactlmError("speculative_generate: input_ids must be one sequence [1, T], "
+                             f"got {list(input_ids.shape)}")
     if max_new_tokens < 1 or draft_tokens < 1 or temperature < 0 or (top_k is not None and top_k < 1) or \
             (top_p is not None and not 0 < top_p <= 1):
         raise CompactlmError(f"speculative_generate: max_new_tokens {max_new_tokens} and draft_tokens {draft_tokens} "
@@ -98,8 +98,7 @@ def _speculate(target, draft, prompt, max_new_tokens, draft_tokens, sampling, eo
         drafted, q = _propose(draft, draft_cache, seq[draft_cache.length:length], k, sampling, generator)
         # The target scores the positions after its unseen tokens (at least the last one) and every draft.
         fed = torch.cat([seq[target_cache.length:length], drafted])
-        p = token_probs(_logits(target, target_cache, fed, k + 1), *sampling)
-        n, token = _verify(p, q, drafted, generator)
+        n, token = _verify(_logits(target, target_cache, fed, k + 1), q, drafted, sampling, generator)
         stats.proposed += k
         stats.accepted += n
         stats.target_calls += 1
@@ -122,29 +121,41 @@ def _logits(model: Transformer, cache: KVCache, tokens: torch.Tensor, last: int)
     return model.lm_head(hidden[0, -last:])
 
 
-def _propose(draft, cache, unseen, k, sampling, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """k draft tokens [k] sampled one by one, and the distributions q [k, V] they were drawn from.
+def _propose(draft, cache, unseen, k, sampling, generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """k draft tokens [k], and the distributions q [k, V] they were sampled from (None when greedy).
 
     The last draft token is never fed: whether the draft needs it depends on the target's verdict.
     """
+    greedy = sampling[0] == 0
     tokens, probs = [], []
     for i in range(k):
-        q = token_probs(_logits(draft, cache, unseen if i == 0 else tokens[-1], 1)[0], *sampling)
+        logits = _logits(draft, cache, unseen if i == 0 else tokens[-1], 1)[0]
+        if greedy:  # the argmax itself: no softmax over the vocabulary and no draw, per draft token
+            tokens.append(logits.argmax().view(1))
+            continue
+        q = token_probs(logits, *sampling)
         tokens.append(torch.multinomial(q, 1, generator=generator))
         probs.append(q)
     if not tokens:
-        return unseen.new_empty(0), torch.empty(0, draft.config.vocab_size, device=unseen.device)
-    return torch.cat(tokens), torch.stack(probs)
+        return unseen.new_empty(0), None if greedy else torch.empty(0, draft.config.vocab_size, device=unseen.device)
+    return torch.cat(tokens), None if greedy else torch.stack(probs)
 
 
-def _verify(p: torch.Tensor, q: torch.Tensor, drafted: torch.Tensor, generator) -> tuple[int, torch.Tensor]:
+def _verify(target_logits: torch.Tensor, q: torch.Tensor | None, drafted: torch.Tensor, sampling,
+            generator) -> tuple[int, torch.Tensor]:
     """The rejection rule: (how many draft tokens to keep, the target's token [1] that follows them).
 
-    p [k + 1, V] are the target's distributions after each prefix, q [k, V] the draft's. At
-    temperature 0 both are one-hot, and the rule reduces to: keep the draft while it agrees with the
-    target's argmax, then take the target's argmax.
+    target_logits [k + 1, V] come after each prefix, q [k, V] are the draft's distributions. Greedy
+    (q is None): keep the draft while it agrees with the target's argmax, then take the target's argmax
+    (what the sampling rule below reduces to when both distributions are one-hot).
     """
     k = drafted.shape[0]
+    if q is None:
+        best = target_logits.argmax(dim=-1)
+        disagree = (best[:k] != drafted).nonzero()
+        n = int(disagree[0]) if len(disagree) else k
+        return n, best[n].view(1)
+    p = token_probs(target_logits, *sampling)
     rows = torch.arange(k, device=p.device)
     p_drafted, q_drafted = p[rows, drafted], q[rows, drafted]
     # u < p/q, written without dividing: q > 0 for every token the draft sampled.

@@ -172,7 +172,8 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
                 position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                last_only: bool = False, fused_loss: bool = True) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, last_only: bool = False,
+                fused_loss: bool = True) -> torch.Tensor:
         """idx [B, T] -> logits [B, T, vocab] (or [B, 1, vocab] with last_only).
 
         targets [B, T]: return the mean next-token cross-entropy instead. The head and the loss run
@@ -182,8 +183,10 @@ class Transformer(nn.Module):
         cache: continue from `cache.length` cached positions and append these T.
         position_ids [B, T]: defaults to start, start+1, ...; left-padded batches pass their own.
         attention_mask [B, T]: 1 for real tokens, 0 for padding (remembered in the cache).
+        attn_mask [B|1, 1, T, T]: replaces the causal mask (see hidden_states and `document_layout`).
         """
-        x = self.hidden_states(idx, cache=cache, position_ids=position_ids, attention_mask=attention_mask)
+        x = self.hidden_states(idx, cache=cache, position_ids=position_ids, attention_mask=attention_mask,
+                               attn_mask=attn_mask)
         if targets is None:
             return self.lm_head(x[:, -1:] if last_only else x)
         if not fused_loss:
@@ -261,9 +264,37 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def lm_loss(model: nn.Module, batch: torch.Tensor, fused: bool = True) -> torch.Tensor:
+def document_layout(idx: torch.Tensor, eos_id: int, restart_positions: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(attn_mask [B, 1, T, T], position_ids [B, T] or None) keeping attention inside each document of
+    packed rows [B, T]: a document ends with its EOS token, and the token after an EOS starts the next.
+
+    With restart_positions, RoPE positions start at 0 in every document, as if it were alone; the row's
+    first document may have begun in an earlier row, and counts from the row's start.
+    """
+    is_eos = idx == eos_id
+    document = is_eos.long().cumsum(dim=1) - is_eos.long()  # an EOS belongs to the document it ends
+    T = idx.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+    mask = (document[:, :, None] == document[:, None, :]) & causal
+    if not restart_positions:
+        return mask[:, None], None
+    t = torch.arange(T, device=idx.device).expand_as(idx)
+    starts = torch.zeros_like(is_eos)
+    starts[:, 1:] = is_eos[:, :-1]
+    first = torch.where(starts, t, torch.zeros_like(t)).cummax(dim=1).values
+    return mask[:, None], t - first
+
+
+def lm_loss(model: nn.Module, batch: torch.Tensor, fused: bool = True, document_eos: int | None = None,
+            restart_positions: bool = False) -> torch.Tensor:
     """Mean next-token cross-entropy of a [B, T + 1] batch (inputs [:, :-1], targets [:, 1:]).
 
     `model` may be the Transformer or its FSDP/DDP wrapper: the loss runs inside its forward.
+    document_eos: attention stays inside each document (`document_layout`); None: plain causal attention.
     """
-    return model(batch[:, :-1], batch[:, 1:], fused_loss=fused)
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    if document_eos is None:
+        return model(inputs, targets, fused_loss=fused)
+    mask, positions = document_layout(inputs, document_eos, restart_positions)
+    return model(inputs, targets, fused_loss=fused, attn_mask=mask, position_ids=positions)

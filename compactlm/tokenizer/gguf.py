@@ -143,10 +143,10 @@ def add_tokenizer_fields(writer, tokenizer, vocab_rows: int, chat_template: str 
     padded for speed) get unused placeholder tokens, as llama.cpp's own converter writes them.
     """
     if tokenizer.kind == "sentencepiece":
-        tokens, scores, types = _sentencepiece_vocab(tokenizer)
+        tokens, scores, types, space_prefix = _sentencepiece_vocab(tokenizer)
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
-        writer.add_add_space_prefix(_sentencepiece_proto(tokenizer).normalizer_spec.add_dummy_prefix)
+        writer.add_add_space_prefix(space_prefix)
     else:
         tokens, types, merges = _byte_level_vocab(tokenizer)
         scores = None
@@ -173,18 +173,12 @@ def add_tokenizer_fields(writer, tokenizer, vocab_rows: int, chat_template: str 
         writer.add_chat_template(chat_template)
 
 
-def _sentencepiece_proto(tokenizer):
+def _sentencepiece_vocab(tokenizer) -> tuple[list[str], list[float], list[int], bool]:
+    """(pieces, scores, types, whether a space is prepended) of a SentencePiece tokenizer."""
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
     proto = sp_pb2.ModelProto()
     proto.ParseFromString(tokenizer.model_bytes)
-    return proto
-
-
-def _sentencepiece_vocab(tokenizer) -> tuple[list[str], list[float], list[int]]:
-    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
-
-    proto = _sentencepiece_proto(tokenizer)
     spec = proto.normalizer_spec
     # llama.cpp's "llama" tokenizer is SentencePiece BPE over raw text: no normalisation rules, no
     # collapsing of whitespace. Anything else would tokenise differently there.
@@ -196,7 +190,7 @@ def _sentencepiece_vocab(tokenizer) -> tuple[list[str], list[float], list[int]]:
                               "text or collapses whitespace; llama.cpp's 'llama' tokenizer does neither)")
     unk_id = proto.trainer_spec.unk_id
     types = [UNKNOWN if i == unk_id else int(p.type) for i, p in enumerate(proto.pieces)]
-    return [p.piece for p in proto.pieces], [p.score for p in proto.pieces], types
+    return [p.piece for p in proto.pieces], [p.score for p in proto.pieces], types, spec.add_dummy_prefix
 
 
 def _byte_level_vocab(tokenizer) -> tuple[list[str], list[int], list[str]]:

@@ -112,7 +112,7 @@ class Trainer:
                                tokenizer_hash=self.tokenizer.hash)
         self._setup_model()
         self.validator = Validator(torch.from_numpy(self.mixture.val_samples(config.eval_samples)), self.tokenizer,
-                                   config.train.micro_batch, self.device, self.amp_dtype, self.fused_loss)
+                                   config.train.micro_batch, self.device, self.amp_dtype, **self.loss_options)
         self.step, self.tokens_seen, self.nonfinite_total, self.nonfinite_run = 0, 0, 0, 0
         if resume:
             self._resume()
@@ -124,7 +124,7 @@ class Trainer:
         module = build_model(self.model_config, device=self.device)
         module.checkpoint_every = self.config.train.activation_checkpointing
         self.kernels = apply_kernels(module, self.config.train.kernels, self.device)
-        self.fused_loss = self.config.train.kernels != "eager"
+        self.loss_options = self._loss_options()
         self.module = module  # the Transformer, for its config and parameter count
         self.model = parallelize(module, self.parallelism, self.device, self.amp_dtype)
         if self.parallelism != "none":
@@ -291,6 +291,15 @@ class Trainer:
                 signal.signal(sig, handler)
         return last
 
+    def _loss_options(self) -> dict:
+        """How lm_loss runs, for training and validation alike: fused head, and documents kept apart."""
+        data = self.config.data
+        if data.document_mask and self.model_config.eos_id is None:
+            raise ConfigError("data.document_mask: the tokenizer has no EOS token to find documents by")
+        return dict(fused=self.config.train.kernels != "eager",
+                    document_eos=self.model_config.eos_id if data.document_mask else None,
+                    restart_positions=data.document_positions == "restart")
+
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum  # finish the step in flight, checkpoint, stop
 
@@ -301,7 +310,7 @@ class Trainer:
             batch = next(loader).to(self.device, non_blocking=True)
             with gradient_sync(self.model, enabled=i == self.accumulation - 1):
                 with autocast(self.device, self.amp_dtype):
-                    loss = lm_loss(self.model, batch, self.fused_loss)
+                    loss = lm_loss(self.model, batch, **self.loss_options)
                 (loss / self.accumulation).backward()
             total += loss.detach()
         loss_value, self._stop_requested = self._reduce_across_ranks(total / self.accumulation)

@@ -19,9 +19,12 @@ class Validator:
     """Scores a model on fixed held-out blocks [N, seq_len + 1]; the bytes per token are counted once."""
 
     def __init__(self, samples: torch.Tensor, tokenizer, batch_size: int, device: torch.device,
-                 amp_dtype: torch.dtype | None = None, fused_loss: bool = True):
+                 amp_dtype: torch.dtype | None = None, fused: bool = True, document_eos: int | None = None,
+                 restart_positions: bool = False):
+        """fused, document_eos, restart_positions: as `lm_loss` takes them, the same as training's."""
         self.samples, self.tokenizer, self.batch_size = samples, tokenizer, batch_size
-        self.device, self.amp_dtype, self.fused_loss = device, amp_dtype, fused_loss
+        self.device, self.amp_dtype = device, amp_dtype
+        self.loss_options = dict(fused=fused, document_eos=document_eos, restart_positions=restart_positions)
         self._bytes_per_token: float | None = None
 
     @property
@@ -42,7 +45,7 @@ class Validator:
         total = 0.0
         for chunk in self.samples.split(self.batch_size):
             with autocast(self.device, self.amp_dtype):
-                total += lm_loss(model, chunk.to(self.device), self.fused_loss).item() * len(chunk)
+                total += lm_loss(model, chunk.to(self.device), **self.loss_options).item() * len(chunk)
         model.train(was_training)
         loss = total / len(self.samples)
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)),

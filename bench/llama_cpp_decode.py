@@ -1,7 +1,7 @@
 """What a user weighs before shipping: file size and batch-1 decode speed in llama.cpp (f32, q8_0, q4_0)
 next to `compactlm generate`, for the same model, side by side in one run.
 
-    .venv/bin/python bench/gguf.py --checkpoint out/runs/demo/checkpoints/step-00000360 \
+    .venv/bin/python bench/llama_cpp_decode.py --checkpoint out/runs/demo/checkpoints/step-00000360 \
         --preset tinyllama-23m --threads 1 2 --new-tokens 128 --repeats 5
 
 --checkpoint: a trained compactlm checkpoint (its tokenizer goes into the GGUF file); --preset adds a
@@ -14,9 +14,7 @@ llama-cpp-python (the test extra builds it).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,23 +26,16 @@ import compactlm
 from compactlm.checkpoint.model import from_pretrained
 from compactlm.convert.gguf import export_gguf
 from compactlm.tokenizer.tokenizer import Tokenizer
+from machine import cpu_name  # bench/machine.py
 
 DTYPES = ("f32", "q8_0", "q4_0")
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def llama_cpp_decoder(path: Path, threads: int, prompt: list[int], new_tokens: int):
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens + 1, n_threads=threads,
-                          n_threads_batch=threads, n_batch=len(prompt), verbose=False)
+                          n_threads_batch=threads, logits_all=True, verbose=False)
 
     def run() -> list[int]:
         llm.reset()
