@@ -56,6 +56,8 @@ def copy_run(trained, tmp_path) -> tuple[Path, Path]:
     ("optim.lrr=3e-4", "optim.lrr: unknown key; did you mean optim.lr"),
     ("train.precision=fp8", "train.precision: 'fp8': choose auto, bf16, fp32"),
     ("keep_checkpoints=0", "keep_checkpoints: must be at least 1, got 0"),
+    ("data.document_positions=reset", "data.document_positions: 'reset': choose continue, restart"),
+    ("data.document_positions=restart", "data.document_positions: 'restart' needs data.document_mask: true"),
     ("train.micro_batch=three", "train.micro_batch: must be int, got 'three'"),
     ("optim=3", "override 'optim=3': optim: must be a mapping"),
     ("=3", "expected KEY=VALUE"),

@@ -30,7 +30,7 @@ def test_the_readme_block_is_what_this_test_runs():
     commands = readme_commands()
     assert [c[:2] for c in commands] == [["compactlm", "prepare"], ["compactlm", "config"], ["compactlm", "train"],
                                          ["compactlm", "train"], ["compactlm", "generate"], ["compactlm", "convert"],
-                                         ["compactlm", "eval"]]
+                                         ["compactlm", "eval"], ["compactlm", "convert"], ["compactlm", "eval"]]
 
 
 @pytest.mark.slow
@@ -49,3 +49,4 @@ def test_readme_pipeline_commands_run_as_written(tmp_path):
     assert "resumed from" in outputs[3] and outputs[4].startswith("def main(")
     assert (tmp_path / "out" / "hf-model" / "model.safetensors").is_file()
     assert "bits per byte" in outputs[6]
+    assert (tmp_path / "out" / "mine-q8_0.gguf").is_file() and "bits per byte" in outputs[8]

@@ -180,9 +180,9 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_dataset, tmp_path,
 
     real_loss, calls = train_module.lm_loss, {"n": 0}
 
-    def flaky_loss(model, batch, fused=True):
+    def flaky_loss(model, batch, **options):
         calls["n"] += 1
-        loss = real_loss(model, batch, fused)
+        loss = real_loss(model, batch, **options)
         step = (calls["n"] - 1) // 2 + 1  # two micro-batches per step
         return loss * float("nan") if step == 3 or step >= 6 else loss
 

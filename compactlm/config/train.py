@@ -123,6 +123,9 @@ class TrainConfig:
             ("data.num_workers", d.num_workers >= 0, f"must be >= 0, got {d.num_workers}"),
             ("data.document_positions", d.document_positions in POSITION_MODES,
              f"{d.document_positions!r}: choose {', '.join(POSITION_MODES)}"),
+            ("data.document_positions", d.document_mask or d.document_positions == "continue",
+             "'restart' needs data.document_mask: true (positions restart per document only when documents "
+             "are kept apart)"),
             *((f"data.datasets[{i}].weight", 0 <= s.weight < math.inf, f"must be finite and >= 0, got {s.weight}")
               for i, s in enumerate(d.datasets)),
             ("optim.lr", o.lr > 0, f"must be positive, got {o.lr}"),

@@ -10,7 +10,6 @@ quantizers (q8_0, q4_0), so compactlm does not re-implement them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 
 from compactlm.config.model import ModelConfig
 from compactlm.errors import CheckpointError, CompactlmError, first_line, short_list, shown_key
+from compactlm.fileio import atomic_file
 from compactlm.tokenizer.gguf import add_tokenizer_fields, gguf_scalar, open_gguf
 from compactlm.tokenizer.tokenizer import Tokenizer
 
@@ -75,13 +75,11 @@ def export_gguf(model, out: str | Path, tokenizer: Tokenizer, dtype: str = "f32"
         raise CompactlmError(f"--dtype {dtype!r}: unknown; choose one of {', '.join(DTYPES)}")
     config = model.config.with_special_ids(tokenizer.bos_id, tokenizer.eos_id)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), arch=ARCH)
-    try:
+    with atomic_file(out) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch=ARCH)
         _add_model_fields(writer, config, dtype)
         add_tokenizer_fields(writer, tokenizer, config.vocab_size, chat_template)
-        hf_state = state_dict_to_hf(cpu_state(model), config)
-        for hf_name, tensor in hf_state.items():
+        for hf_name, tensor in state_dict_to_hf(cpu_state(model), config).items():
             name = gguf_name(hf_name)
             if name.endswith("attn_q.weight"):
                 tensor = interleave_heads(tensor, config.n_head)
@@ -93,9 +91,6 @@ def export_gguf(model, out: str | Path, tokenizer: Tokenizer, dtype: str = "f32"
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
