@@ -344,3 +344,20 @@ def test_llama_cpp_quantized_file_imports_with_llama_cpp_logits(ftype_name, dtyp
     import_error, quantization_error = np.abs(imported - theirs).max() / scale, np.abs(full - theirs).max() / scale
     assert import_error < quantization_error, (import_error, quantization_error)
     assert import_error < (0.02 if dtype == "q8_0" else 0.05)
+
+
+def test_a_checkpoints_chat_template_travels_in_the_gguf_file(bpe_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from compactlm.tokenizer.gguf import gguf_scalar, open_gguf
+
+    checkpoint = tmp_path / "chat"
+    shutil.copytree(bpe_checkpoint, checkpoint)
+    template = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    config = json.loads((checkpoint / "tokenizer_config.json").read_text())
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    assert main(["convert", "to-gguf", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "chat.gguf")]) == 0
+    assert gguf_scalar(open_gguf(tmp_path / "chat.gguf"), "tokenizer.chat_template") == template
+    assert main(["convert", "to-gguf", "--checkpoint", str(bpe_checkpoint), "--out", str(tmp_path / "plain.gguf")]) == 0
+    assert gguf_scalar(open_gguf(tmp_path / "plain.gguf"), "tokenizer.chat_template") is None
