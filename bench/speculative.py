@@ -1,19 +1,17 @@
 """Speculative decoding on the CPU: the target alone vs. a small draft proposing K tokens per round.
 
-Make the pair on the demo data (same tokenizer for both; the draft is the demo model itself):
+Make the pair on the demo data (same tokenizer for both; docs/benchmarks.md used these):
 
     .venv/bin/compactlm prepare configs/prepare-demo.yaml        # out/prepared/demo, once
     .venv/bin/compactlm train configs/demo.yaml                  # draft: tinyllama-1m in out/runs/demo
-    .venv/bin/compactlm train configs/demo.yaml run_dir=out/runs/spec-target model.preset=tinyllama-23m \\
-        optim.lr=1e-3 train.max_steps=360                        # target: ~27M params with the 4k vocabulary
+    .venv/bin/compactlm train configs/demo.yaml run_dir=out/runs/spec-target model.preset=tinyllama-13m \
+        optim.lr=2e-3 eval_every=120 checkpoint_every=360        # target: 16.0M params, ~21 min on 2 cores
+    .venv/bin/compactlm train configs/demo.yaml run_dir=out/runs/spec-draft model.n_layer=1 \
+        checkpoint_every=360                                     # a cheaper draft: 1 layer, 1.2M params, ~2 min
 
-The target's 360 steps (2.9M tokens) take hours on a 2-core CPU (~420 tokens/s measured for a few
-steps here, shared machine); fewer steps give a weaker target, and a barely trained target agrees with
-the draft on almost nothing (1-3% acceptance after 12 steps), so it only shows the overhead.
+Or let this script run the first three, skipping any whose output exists:
 
-Or let this script run those three commands, skipping any whose output exists:
-
-    .venv/bin/python bench/speculative.py train-pair [--target-preset tinyllama-23m] [--target-steps 360]
+    .venv/bin/python bench/speculative.py train-pair [--target-preset tinyllama-13m] [--target-steps 360]
 
 Then measure (a run directory stands for its newest checkpoint):
 
@@ -169,8 +167,8 @@ def main() -> None:
     pair = sub.add_parser("train-pair", help="prepare the demo data and train the draft and the target")
     pair.add_argument("--draft-run", default="out/runs/demo")
     pair.add_argument("--target-run", default="out/runs/spec-target")
-    pair.add_argument("--target-preset", default="tinyllama-23m")
-    pair.add_argument("--target-lr", default="1e-3")
+    pair.add_argument("--target-preset", default="tinyllama-13m")
+    pair.add_argument("--target-lr", default="2e-3")
     pair.add_argument("--target-steps", type=int, default=360)
     pair.add_argument("overrides", nargs="*", help="more KEY=VALUE overrides for the target's training")
     args = parser.parse_args()
