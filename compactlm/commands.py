@@ -96,7 +96,7 @@ def convert(args) -> None:
     source = _convert_source(args)
     from compactlm.checkpoint.model import from_pretrained, save_checkpoint
     from compactlm.convert import gguf, hf, litgpt
-    from compactlm.tokenizer.tokenizer import load_tokenizer, read_chat_template
+    from compactlm.tokenizer.tokenizer import load_tokenizer
 
     if args.direction == "from-litgpt":
         model = litgpt.load_litgpt(source, args.config)
@@ -107,7 +107,7 @@ def convert(args) -> None:
         if tokenizer is None:
             raise CompactlmError(f"{source}: no tokenizer.model or tokenizer.json beside the weights; a GGUF file "
                                  "needs the tokenizer")
-        gguf.export_gguf(model, out, tokenizer, args.dtype, chat_template=read_chat_template(source))
+        gguf.export_gguf(model, out, tokenizer, args.dtype)
         print(f"wrote {out} ({model.num_params():,} parameters, {args.dtype}, {out.stat().st_size / 2**20:.1f} MiB)")
         return
     (hf.save_hf if args.direction == "to-hf" else save_checkpoint)(model, out, tokenizer)

@@ -154,6 +154,13 @@ def test_bad_gguf_inputs_fail_with_one_line_and_leave_nothing(exported, bpe_chec
     _with_tensor_type(exported["bpe", "q8_0"], integers, "output_norm.weight", gguf.GGMLQuantizationType.I32)
     fails_with_one_line(["convert", "from-gguf", "--gguf", str(integers), "--out", str(out)],
                         f"{integers}: tensor output_norm.weight has GGML type I32, which cannot be dequantized", capsys)
+    for key, value, expected in (("llama.block_count", 7, "llama.block_count is 7 but the file holds tensors of 2 blocks"),
+                                 ("llama.attention.head_count", 8, "blk.0.attn_q.weight has 64 rows, but the "
+                                                                   "metadata gives 8 heads of 16")):
+        doctored = tmp_path / f"{key}.gguf"
+        _with_u32_field(exported["bpe", "q8_0"], doctored, key, value)
+        fails_with_one_line(["convert", "from-gguf", "--gguf", str(doctored), "--out", str(out)],
+                            f"{doctored}: {expected}", capsys)
     assert not out.exists()
 
     # a tokenizer llama.cpp has no pre-tokeniser for: whitespace splitting
@@ -178,6 +185,15 @@ def _vocab_and_merges(checkpoint: Path, tmp_path: Path) -> tuple[str, str]:
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")
+
+
+def _with_u32_field(source: Path, target: Path, key: str, value: int) -> None:
+    """A copy of a GGUF file whose uint32 metadata field `key` holds `value` (the bytes patched in place)."""
+    data = bytearray(source.read_bytes())
+    at = data.index(key.encode()) + len(key)
+    assert int.from_bytes(data[at:at + 4], "little") == 4  # GGUF value type 4: uint32
+    data[at + 4:at + 8] = value.to_bytes(4, "little")
+    target.write_bytes(bytes(data))
 
 
 def _with_tensor_type(source: Path, target: Path, name: str, qtype) -> None:
@@ -361,3 +377,12 @@ def test_a_checkpoints_chat_template_travels_in_the_gguf_file(bpe_checkpoint, tm
     assert gguf_scalar(open_gguf(tmp_path / "chat.gguf"), "tokenizer.chat_template") == template
     assert main(["convert", "to-gguf", "--checkpoint", str(bpe_checkpoint), "--out", str(tmp_path / "plain.gguf")]) == 0
     assert gguf_scalar(open_gguf(tmp_path / "plain.gguf"), "tokenizer.chat_template") is None
+
+    # and back: GGUF -> compactlm checkpoint -> Hugging Face directory, where transformers applies it
+    assert main(["convert", "from-gguf", "--gguf", str(tmp_path / "chat.gguf"), "--out", str(tmp_path / "back")]) == 0
+    assert main(["convert", "to-hf", "--checkpoint", str(tmp_path / "back"), "--out", str(tmp_path / "hf")]) == 0
+    from transformers import AutoTokenizer
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert hf_tokenizer.apply_chat_template(messages, tokenize=False) == "<|user|>\nhi</s>\n<|assistant|>\nhello</s>\n"

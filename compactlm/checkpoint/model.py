@@ -121,7 +121,7 @@ def _memory_errors(path: Path, config: ModelConfig, device):
     take max_seq_len x head_dim floats, and a config.json can ask for more than any machine has."""
     try:
         yield
-    except RuntimeError as exc:
+    except (RuntimeError, MemoryError) as exc:
         raise CheckpointError(f"{path}: cannot build this model on {device or 'cpu'} (max_seq_len "
                               f"{config.max_seq_len}): {first_line(exc)}") from None
 

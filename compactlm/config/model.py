@@ -22,6 +22,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"  # beside the weights, as in Hugging Face checkpoints
 
 
+MAX_SEQ_LEN = 1 << 20  # 1,048,576 tokens of context at most
+
 @dataclass
 class ModelConfig:
     n_layer: int
@@ -49,6 +51,10 @@ class ModelConfig:
         for name in ("n_layer", "d_model", "n_head", "n_kv_head", "ffn_dim", "vocab_size", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_seq_len > MAX_SEQ_LEN:
+            # RoPE tables hold max_seq_len x head_dim floats: a damaged or absurd config would take all memory
+            raise ConfigError(f"max_seq_len {self.max_seq_len:,} is above the {MAX_SEQ_LEN:,} tokens compactlm "
+                              "supports")
         if self.head_dim < 0:
             raise ConfigError(f"head_dim must be positive (or 0: d_model // n_head), got {self.head_dim}")
         if self.head_dim == 0:

@@ -63,9 +63,9 @@ def deinterleave_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 # ---- export -------------------------------------------------------------------------------------
-def export_gguf(model, out: str | Path, tokenizer: Tokenizer, dtype: str = "f32",
-                chat_template: str | None = None) -> Path:
-    """Write `model` and `tokenizer` as one GGUF file llama.cpp runs; atomically (no half-written file)."""
+def export_gguf(model, out: str | Path, tokenizer: Tokenizer, dtype: str = "f32") -> Path:
+    """Write `model` and `tokenizer` (with its chat template, if any) as one GGUF file llama.cpp runs;
+    atomically (no half-written file)."""
     import gguf
 
     from compactlm.checkpoint.io import cpu_state
@@ -78,7 +78,7 @@ def export_gguf(model, out: str | Path, tokenizer: Tokenizer, dtype: str = "f32"
     with atomic_file(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch=ARCH)
         _add_model_fields(writer, config, dtype)
-        add_tokenizer_fields(writer, tokenizer, config.vocab_size, chat_template)
+        add_tokenizer_fields(writer, tokenizer, config.vocab_size, tokenizer.chat_template)
         for hf_name, tensor in state_dict_to_hf(cpu_state(model), config).items():
             name = gguf_name(hf_name)
             if name.endswith("attn_q.weight"):
@@ -163,6 +163,12 @@ def _config_from_fields(reader, path: Path) -> ModelConfig:
             raise CheckpointError(f"{path}: GGUF file has no {ARCH}.{key} field")
         return value
 
+    n_layer = int(field("block_count"))
+    blocks = {int(t.name.split(".")[1]) for t in reader.tensors
+              if t.name.startswith("blk.") and t.name.split(".")[1].isdigit()}
+    if n_layer != len(blocks) or blocks != set(range(n_layer)):
+        raise CheckpointError(f"{path}: {ARCH}.block_count is {n_layer} but the file holds tensors of "
+                              f"{len(blocks)} blocks")
     n_head = int(field("attention.head_count"))
     d_model = int(field("embedding_length"))
     head_dim = int(field("attention.key_length", d_model // max(n_head, 1)))
@@ -175,7 +181,7 @@ def _config_from_fields(reader, path: Path) -> ModelConfig:
     vocab = int(field("vocab_size", None if embed is None else int(embed.shape[1])))
     try:
         return ModelConfig(
-            n_layer=int(field("block_count")), d_model=d_model, n_head=n_head,
+            n_layer=n_layer, d_model=d_model, n_head=n_head,
             n_kv_head=int(field("attention.head_count_kv", n_head)), ffn_dim=int(field("feed_forward_length")),
             vocab_size=vocab, max_seq_len=int(field("context_length")), head_dim=head_dim,
             norm_eps=_float32_decimal(field("attention.layer_norm_rms_epsilon")),
@@ -211,8 +217,10 @@ def _decode(tensor, config: ModelConfig, path: Path) -> torch.Tensor:
                               "be dequantized to weights") from None
     shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dimensions innermost first
     weight = torch.from_numpy(np.array(array, dtype=np.float32).reshape(shape))  # a copy: the file is read-only
-    if tensor.name.endswith("attn_q.weight"):
-        weight = deinterleave_heads(weight, config.n_head)
-    elif tensor.name.endswith("attn_k.weight"):
-        weight = deinterleave_heads(weight, config.n_kv_head)
-    return weight
+    heads = {"attn_q.weight": config.n_head, "attn_k.weight": config.n_kv_head}.get(tensor.name.split(".", 2)[-1])
+    if heads is None:
+        return weight
+    if weight.shape[0] != heads * config.head_dim:
+        raise CheckpointError(f"{path}: {tensor.name} has {weight.shape[0]} rows, but the metadata gives {heads} "
+                              f"heads of {config.head_dim}")
+    return deinterleave_heads(weight, heads)

@@ -62,17 +62,19 @@ def _strings(reader, name: str, path: Path) -> list[str]:
     return [bytes(t).decode("utf-8") for t in _array(reader, name, path)]
 
 
-def tokenizer_from_gguf(path: str | Path, reader=None) -> tuple[str, bytes]:
-    """(kind, model file bytes) of a GGUF file's tokenizer: ("sentencepiece", ModelProto) or ("hf", tokenizer.json)."""
+def tokenizer_from_gguf(path: str | Path, reader=None) -> tuple[str, bytes, str | None]:
+    """(kind, model file bytes, chat template) of a GGUF file's tokenizer: kind "sentencepiece" with a
+    ModelProto, or "hf" with a tokenizer.json; the template is `tokenizer.chat_template`, if any."""
     path = Path(path)
     reader = reader if reader is not None else open_gguf(path)
     try:
         model_kind = gguf_scalar(reader, "tokenizer.ggml.model")
+        template = gguf_scalar(reader, "tokenizer.chat_template") or None
         if model_kind == "llama":
-            return "sentencepiece", _model_proto(reader, path)
+            return "sentencepiece", _model_proto(reader, path), template
         if model_kind == "gpt2":
-            return "hf", _byte_level_json(reader, path)
-    except (IndexError, ValueError, TypeError) as exc:  # a field of the wrong type, size or range; not UTF-8
+            return "hf", _byte_level_json(reader, path), template
+    except (IndexError, ValueError, TypeError, MemoryError) as exc:  # wrong type, size or range; not UTF-8
         raise CheckpointError(f"{path}: malformed tokenizer.ggml fields ({first_line(exc)})") from None
     raise CheckpointError(f"{path}: tokenizer.ggml.model is {model_kind!r}; only 'llama' (SentencePiece) and "
                           "'gpt2' (byte-level BPE) tokenizers can be rebuilt")
@@ -80,7 +82,7 @@ def tokenizer_from_gguf(path: str | Path, reader=None) -> tuple[str, bytes]:
 
 def sentencepiece_model_from_gguf(path: str | Path) -> bytes:
     """The serialised SentencePiece ModelProto equivalent to a GGUF file's Llama tokenizer."""
-    kind, data = tokenizer_from_gguf(path)
+    kind, data, _ = tokenizer_from_gguf(path)
     if kind != "sentencepiece":
         raise CheckpointError(f"{path}: the tokenizer is a byte-level BPE, not a SentencePiece model")
     return data
@@ -127,7 +129,11 @@ def _byte_level_json(reader, path: Path) -> bytes:
     merges = [tuple(m.split(" ")) for m in _strings(reader, "tokenizer.ggml.merges", path)]
     if any(len(m) != 2 for m in merges):
         raise CheckpointError(f"{path}: tokenizer.ggml.merges holds an entry that is not two tokens")
-    tok = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    try:
+        bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+    except Exception as exc:  # tokenizers raises a bare Exception, e.g. for a merge of unknown tokens
+        raise CheckpointError(f"{path}: malformed tokenizer.ggml.merges ({first_line(exc)})") from None
+    tok = HFTokenizer(bpe)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)

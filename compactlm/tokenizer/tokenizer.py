@@ -27,7 +27,8 @@ class Tokenizer:
 
     A GGUF file's `tokenizer.ggml.*` fields are rebuilt into a SentencePiece model or a byte-level BPE
     tokenizer.json, so any Llama-family GGUF release brings its tokenizer. `hash` is the SHA-256 of the
-    tokenizer's serialised model (`model_bytes`).
+    tokenizer's serialised model (`model_bytes`). `chat_template` (Jinja, or None) travels with it: read
+    from a checkpoint's tokenizer_config.json or a GGUF file, written back by `save`.
     """
 
     def __init__(self, path: str | Path, bos_id: int | None = None, eos_id: int | None = None):
@@ -35,8 +36,9 @@ class Tokenizer:
         if self.path.suffix == ".gguf":
             from compactlm.tokenizer.gguf import tokenizer_from_gguf
 
-            self.kind, data = tokenizer_from_gguf(self.path)
+            self.kind, data, self.chat_template = tokenizer_from_gguf(self.path)
         else:
+            self.chat_template = None
             try:
                 data = self.path.read_bytes()
             except OSError as exc:
@@ -77,7 +79,9 @@ class Tokenizer:
         bos, eos = _special_ids_from_config(directory)
         for name in (SPM_FILE, HF_FILE):
             if (directory / name).is_file():
-                return cls(directory / name, bos_id=bos, eos_id=eos)
+                tokenizer = cls(directory / name, bos_id=bos, eos_id=eos)
+                tokenizer.chat_template = read_chat_template(directory)
+                return tokenizer
         return None
 
     def _find_special(self, names) -> int | None:
@@ -138,6 +142,8 @@ class Tokenizer:
 
         config = {"bos_token": piece(self.bos_id), "eos_token": piece(self.eos_id), "add_bos_token": False,
                   "add_eos_token": False, "model_max_length": 1_000_000_000, "clean_up_tokenization_spaces": False}
+        if self.chat_template:  # where transformers' apply_chat_template looks for it
+            config["chat_template"] = self.chat_template
         if self.kind == "sentencepiece":
             # Not "LlamaTokenizer": transformers 5 rebuilds that one's pipeline in code and ignores ours.
             # split_special_tokens: a literal "<s>" in text is text, as in SentencePiece.
