@@ -97,7 +97,7 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None,
     if path.suffix == GGUF_SUFFIX and path.is_file():  # dequantized to float32
         from compactlm.convert.gguf import read_gguf
 
-        config, state, _ = read_gguf(path)
+        config, state = read_gguf(path)
         source = path
     elif is_compactlm_dir(path):
         config = ModelConfig.load(path)

@@ -18,7 +18,7 @@ import torch
 from compactlm.config.model import ModelConfig
 from compactlm.errors import CheckpointError, CompactlmError, first_line, short_list, shown_key
 from compactlm.fileio import atomic_file
-from compactlm.tokenizer.gguf import add_tokenizer_fields, gguf_scalar, open_gguf
+from compactlm.tokenizer.gguf import add_tokenizer_fields, gguf_scalar, open_gguf, special_ids
 from compactlm.tokenizer.tokenizer import Tokenizer
 
 ARCH = "llama"
@@ -133,8 +133,9 @@ def _encode(name: str, array: np.ndarray, dtype: str):
 
 
 # ---- import -------------------------------------------------------------------------------------
-def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
-    """(config, compactlm state dict in float32, tokenizer) of a llama.cpp Llama GGUF file."""
+def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config with the file's bos/eos ids, compactlm state dict in float32) of a llama.cpp Llama GGUF file.
+    Its tokenizer: `Tokenizer(path)`."""
     from compactlm.convert.hf import state_dict_from_hf
 
     path = Path(path)
@@ -145,11 +146,10 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         names = hf_names(config)
         _check_names(set(tensors), set(names), config, path)
         hf_state = {names[n]: _decode(tensors[n], config, path) for n in names if n in tensors}
+        config = config.with_special_ids(*special_ids(reader))
     except (IndexError, ValueError, TypeError, KeyError) as exc:  # damaged fields or tensor data
         raise CheckpointError(f"{path}: malformed GGUF model ({first_line(exc)})") from None
-    tokenizer = Tokenizer(path)
-    config = config.with_special_ids(tokenizer.bos_id, tokenizer.eos_id)
-    return config, state_dict_from_hf(hf_state, config, source=path), tokenizer
+    return config, state_dict_from_hf(hf_state, config, source=path)
 
 
 def _config_from_fields(reader, path: Path) -> ModelConfig:

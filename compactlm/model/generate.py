@@ -91,6 +91,18 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def valid_sampling(temperature: float, top_k: int | None, top_p: float | None) -> bool:
+    """Whether sample_next can draw with these settings (the decoding functions name what is wrong)."""
+    return temperature >= 0 and (top_k is None or top_k >= 1) and (top_p is None or 0 < top_p <= 1)
+
+
+def check_context(model: Transformer, prompt_len: int, max_new_tokens: int, whose: str = "the model's") -> None:
+    """One line when the prompt and the tokens to generate do not fit the model's context."""
+    if prompt_len + max_new_tokens > model.config.max_seq_len:
+        raise CompactlmError(f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) exceeds {whose} context "
+                             f"of {model.config.max_seq_len} tokens")
+
+
 @torch.inference_mode()
 def generate(model: Transformer, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, attention_mask: torch.Tensor | None = None,
@@ -103,13 +115,10 @@ def generate(model: Transformer, input_ids: torch.Tensor, max_new_tokens: int, t
     result is then shorter). on_token receives each step's new tokens [B] (for streaming).
     """
     T = input_ids.shape[1]
-    if max_new_tokens < 1 or temperature < 0 or (top_k is not None and top_k < 1) or \
-            (top_p is not None and not 0 < top_p <= 1):
+    if max_new_tokens < 1 or not valid_sampling(temperature, top_k, top_p):
         raise CompactlmError(f"generate: max_new_tokens {max_new_tokens} must be >= 1, temperature {temperature} >= 0, "
                              f"top_k {top_k} >= 1 and top_p {top_p} in (0, 1]")
-    if T + max_new_tokens > model.config.max_seq_len:
-        raise CompactlmError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the model's context "
-                             f"of {model.config.max_seq_len} tokens")
+    check_context(model, T, max_new_tokens)
     device = model.embed.weight.device
     input_ids = input_ids.to(device)
     generator = None

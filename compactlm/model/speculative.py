@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from compactlm.errors import CompactlmError
-from compactlm.model.generate import decode_layout, token_probs
+from compactlm.model.generate import check_context, decode_layout, token_probs, valid_sampling
 from compactlm.model.transformer import KVCache, Transformer
 
 
@@ -66,8 +66,7 @@ def _check_arguments(target, draft, input_ids, max_new_tokens, draft_tokens, tem
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise CompactlmError("speculative_generate: input_ids must be one sequence [1, T], "
                              f"got {list(input_ids.shape)}")
-    if max_new_tokens < 1 or draft_tokens < 1 or temperature < 0 or (top_k is not None and top_k < 1) or \
-            (top_p is not None and not 0 < top_p <= 1):
+    if max_new_tokens < 1 or draft_tokens < 1 or not valid_sampling(temperature, top_k, top_p):
         raise CompactlmError(f"speculative_generate: max_new_tokens {max_new_tokens} and draft_tokens {draft_tokens} "
                              f"must be >= 1, temperature {temperature} >= 0, top_k {top_k} >= 1 and top_p {top_p} "
                              "in (0, 1]")
@@ -77,11 +76,8 @@ def _check_arguments(target, draft, input_ids, max_new_tokens, draft_tokens, tem
     if draft.embed.weight.device != target.embed.weight.device:
         raise CompactlmError(f"the draft model is on {draft.embed.weight.device}, the target on "
                              f"{target.embed.weight.device}: put both on one device")
-    T = input_ids.shape[1]
     for role, model in (("target", target), ("draft", draft)):
-        if T + max_new_tokens > model.config.max_seq_len:
-            raise CompactlmError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the {role} model's "
-                                 f"context of {model.config.max_seq_len} tokens")
+        check_context(model, input_ids.shape[1], max_new_tokens, whose=f"the {role} model's")
 
 
 def _speculate(target, draft, prompt, max_new_tokens, draft_tokens, sampling, eos_id, generator, on_token):

@@ -62,30 +62,28 @@ def _strings(reader, name: str, path: Path) -> list[str]:
     return [bytes(t).decode("utf-8") for t in _array(reader, name, path)]
 
 
-def tokenizer_from_gguf(path: str | Path, reader=None) -> tuple[str, bytes, str | None]:
-    """(kind, model file bytes, chat template) of a GGUF file's tokenizer: kind "sentencepiece" with a
-    ModelProto, or "hf" with a tokenizer.json; the template is `tokenizer.chat_template`, if any."""
+def special_ids(reader) -> tuple[int | None, int | None]:
+    """(bos, eos) token ids a GGUF file declares, None where it declares none."""
+    return tuple(None if value is None else int(value) for value in
+                 (gguf_scalar(reader, _SPECIAL_FIELDS["bos_id"]), gguf_scalar(reader, _SPECIAL_FIELDS["eos_id"])))
+
+
+def tokenizer_from_gguf(path: str | Path) -> tuple[str, bytes, str | None, tuple[int | None, int | None]]:
+    """(kind, model file bytes, chat template, (bos, eos)) of a GGUF file's tokenizer: kind "sentencepiece"
+    with a ModelProto, or "hf" with a tokenizer.json; the template is `tokenizer.chat_template`, if any."""
     path = Path(path)
-    reader = reader if reader is not None else open_gguf(path)
+    reader = open_gguf(path)
     try:
         model_kind = gguf_scalar(reader, "tokenizer.ggml.model")
         template = gguf_scalar(reader, "tokenizer.chat_template") or None
         if model_kind == "llama":
-            return "sentencepiece", _model_proto(reader, path), template
+            return "sentencepiece", _model_proto(reader, path), template, special_ids(reader)
         if model_kind == "gpt2":
-            return "hf", _byte_level_json(reader, path), template
+            return "hf", _byte_level_json(reader, path), template, special_ids(reader)
     except (IndexError, ValueError, TypeError, MemoryError) as exc:  # wrong type, size or range; not UTF-8
         raise CheckpointError(f"{path}: malformed tokenizer.ggml fields ({first_line(exc)})") from None
     raise CheckpointError(f"{path}: tokenizer.ggml.model is {model_kind!r}; only 'llama' (SentencePiece) and "
                           "'gpt2' (byte-level BPE) tokenizers can be rebuilt")
-
-
-def sentencepiece_model_from_gguf(path: str | Path) -> bytes:
-    """The serialised SentencePiece ModelProto equivalent to a GGUF file's Llama tokenizer."""
-    kind, data, _ = tokenizer_from_gguf(path)
-    if kind != "sentencepiece":
-        raise CheckpointError(f"{path}: the tokenizer is a byte-level BPE, not a SentencePiece model")
-    return data
 
 
 def _model_proto(reader, path: Path) -> bytes:

@@ -36,7 +36,9 @@ class Tokenizer:
         if self.path.suffix == ".gguf":
             from compactlm.tokenizer.gguf import tokenizer_from_gguf
 
-            self.kind, data, self.chat_template = tokenizer_from_gguf(self.path)
+            self.kind, data, self.chat_template, (file_bos, file_eos) = tokenizer_from_gguf(self.path)
+            # the ids the file declares, which llama.cpp uses, over any guessed from token names
+            bos_id, eos_id = (bos_id if bos_id is not None else file_bos), (eos_id if eos_id is not None else file_eos)
         else:
             self.chat_template = None
             try:
