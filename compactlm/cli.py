@@ -15,6 +15,17 @@ from compactlm import __version__, commands
 from compactlm.errors import CompactlmError, first_line
 
 
+def _run_parser(sub, name: str, summary: str, description: str, config_help: str) -> argparse.ArgumentParser:
+    """A command that makes a run directory: CONFIG, KEY=VALUE overrides, --resume, --overwrite."""
+    p = sub.add_parser(name, help=summary, description=description)
+    p.add_argument("config", help=config_help)
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of run_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in run_dir (its checkpoints, metrics and config are deleted)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compactlm", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"compactlm {__version__}")
@@ -33,19 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=commands.prepare)
 
-    tr = sub.add_parser("train", help="pretrain a model on prepared data",
-                        description="Pretrain a model. Any config key can be overridden as KEY=VALUE after the "
-                        "config file, nested keys with dots, values parsed as YAML: train.max_steps=200 "
-                        "optim.lr=3e-4 model.preset=tinyllama-4m 'data.datasets=[{path: d, weight: 1}]'")
-    tr.add_argument("config", help="train config (YAML), e.g. configs/demo.yaml")
-    tr.add_argument("overrides", nargs="*", help="KEY=VALUE overrides")
-    tr.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of run_dir")
-    tr.add_argument("--overwrite", action="store_true",
-                    help="replace the run already in run_dir (its checkpoints, metrics and config are deleted)")
+    tr = _run_parser(sub, "train", "pretrain a model on prepared data",
+                     "Pretrain a model. Any config key can be overridden as KEY=VALUE after the config file, "
+                     "nested keys with dots, values parsed as YAML: train.max_steps=200 optim.lr=3e-4 "
+                     "model.preset=tinyllama-4m 'data.datasets=[{path: d, weight: 1}]'",
+                     "train config (YAML), e.g. configs/demo.yaml")
     tr.add_argument("--nproc", type=int, default=1, metavar="N",
                     help="processes on this machine (one per GPU; CPU ranks use gloo): shorthand for "
                     "`torchrun --standalone --nproc-per-node N -m compactlm train ...`; see docs/distributed.md")
     tr.set_defaults(func=commands.train)
+
+    ft = _run_parser(sub, "finetune", "SFT or DPO (full or LoRA) from a checkpoint, on chat data",
+                     "Fine-tune a checkpoint on conversations (SFT) or preference pairs (DPO), every weight or "
+                     "LoRA adapters, on the pretraining trainer (same checkpoints, --resume, metrics, torchrun). "
+                     "KEY=VALUE overrides as for train. See docs/finetune.md",
+                     "finetune config (YAML), e.g. configs/sft-demo.yaml")
+    ft.set_defaults(func=commands.finetune)
 
     plan = sub.add_parser("plan", help="memory per GPU of a training config, and the largest micro-batch that fits",
                           description="Per-GPU memory of a training config: parameters, gradients, optimizer "
@@ -78,7 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
                      "checkpoint verifies them in one pass (same output distribution; greedy output identical)")
     gen.add_argument("--draft-tokens", type=int, default=4, metavar="K",
                      help="tokens the draft proposes per round (default 4)")
+    gen.add_argument("--chat", action="store_true", help="the prompt is a user message: render it with the "
+                     "checkpoint's chat template and print the assistant's reply only")
+    gen.add_argument("--system", default=None, help="with --chat: a system prompt")
     gen.set_defaults(func=commands.generate)
+
+    chat = sub.add_parser("chat", help="talk to a fine-tuned model in the terminal (its chat template, streaming)",
+                          description="An interactive chat: each line you type is a user message; the reply "
+                          "streams as it is generated. /reset forgets the conversation, /exit (or Ctrl-D) quits.")
+    chat.add_argument("--checkpoint", required=True, help="compactlm or Hugging Face checkpoint directory, or a GGUF file")
+    chat.add_argument("--system", default=None, help="a system prompt for the whole conversation")
+    chat.add_argument("--template", default="", help="zephyr, chatml or a .jinja file (default: the checkpoint's)")
+    chat.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
+    chat.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default 0.7)")
+    chat.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    chat.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold in (0, 1] (default 0.9)")
+    chat.add_argument("--seed", type=int, default=None, help="random seed of the sampling (default: unseeded)")
+    chat.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
+    chat.set_defaults(func=commands.chat)
 
     conv = sub.add_parser("convert", help="convert checkpoints to and from Hugging Face, GGUF and lit-gpt formats")
     conv_sub = conv.add_subparsers(dest="direction", required=True)

@@ -48,11 +48,9 @@ def generate(args) -> None:
     from compactlm.checkpoint.model import from_pretrained
     from compactlm.model.generate import generate as run_generate
     from compactlm.model.speculative import speculative_generate
-    from compactlm.tokenizer.tokenizer import load_tokenizer
+    from compactlm.tokenizer.tokenizer import load_tokenizer, require_tokenizer
 
-    tokenizer = load_tokenizer(path)
-    if tokenizer is None:
-        raise CompactlmError(f"{path}: no tokenizer.model or tokenizer.json beside the weights")
+    tokenizer = require_tokenizer(path)
     model = from_pretrained(path, device=args.device)
     if draft_path is not None:
         draft_tokenizer = load_tokenizer(draft_path)
@@ -60,6 +58,15 @@ def generate(args) -> None:
             raise CompactlmError(f"{draft_path}: the draft model's tokenizer differs from {path}'s; speculative "
                                  "decoding needs both to use the same one")
         draft = from_pretrained(draft_path, device=args.device)
+    if args.chat:
+        if draft_path is not None:
+            raise CompactlmError("--chat and --draft: speculative decoding of chat replies is not supported yet")
+        session = _chat_session(model, tokenizer, "", args.system, args)
+        session.reply(args.prompt, on_text=_write)
+        sys.stdout.write("\n")
+        return
+    if args.system is not None:
+        raise CompactlmError("--system needs --chat")
     prompt = tokenizer.encode(args.prompt, bos=True)
     generated: list[int] = []
     printed = ""
@@ -87,6 +94,55 @@ def generate(args) -> None:
     if draft_path is not None:
         print(f"draft: {stats.accepted}/{stats.proposed} proposed tokens accepted ({stats.acceptance_rate:.0%}), "
               f"{stats.target_calls} target passes for {len(generated)} tokens", file=sys.stderr)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _chat_session(model, tokenizer, template_name: str, system: str | None, args):
+    from compactlm.model.chat import ChatSession
+    from compactlm.tokenizer.chat import chat_template
+
+    return ChatSession(model, tokenizer, chat_template(tokenizer, template_name), system, args.max_new_tokens,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+
+
+def chat(args) -> None:
+    from compactlm.checkpoint.layout import require_checkpoint
+
+    check_sampling(args)
+    path = require_checkpoint(args.checkpoint)
+    from compactlm.checkpoint.model import from_pretrained
+    from compactlm.tokenizer.tokenizer import require_tokenizer
+
+    session = _chat_session(from_pretrained(path, device=args.device), require_tokenizer(path), args.template,
+                            args.system, args)
+    print(f"chatting with {path} (/reset forgets the conversation, /exit or Ctrl-D quits)", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        if line.strip() == "/exit":
+            return
+        if line.strip() == "/reset":
+            session.reset()
+            continue
+        if line.strip():
+            session.reply(line, on_text=_write)
+            sys.stdout.write("\n")
+
+
+def finetune(args) -> None:
+    from compactlm.config.finetune import load_finetune_config
+
+    config = load_finetune_config(args.config, args.overrides)  # checked before torch is imported
+    from compactlm.finetune.trainer import finetune as run_finetune
+
+    run_finetune(config, resume=args.resume, overwrite=args.overwrite)
 
 
 def convert(args) -> None:
@@ -202,6 +258,7 @@ def ladder(args) -> None:
 
 # ---- compactlm config show -------------------------------------------------------------------------
 CONFIG_KINDS = {"train": ("compactlm.config.train", "TrainConfig"),
+                "finetune": ("compactlm.config.finetune", "FinetuneConfig"),
                 "prepare": ("compactlm.data.prepare", "PrepareConfig"),
                 "ladder": ("compactlm.ladder.config", "LadderConfig")}
 
@@ -217,6 +274,8 @@ def config_kind(path: str | None, kind: str | None) -> str:
         return "ladder"
     if "output_dir" in data or isinstance(data.get("datasets"), dict):
         return "prepare"
+    if "finetune" in data:
+        return "finetune"
     return "train"
 
 

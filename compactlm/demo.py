@@ -2,7 +2,8 @@
 
 prepare the demo corpus -> train a small Llama with TinyLlama's recipe and 7:3 mix -> validate
 against a unigram baseline -> draw loss.png -> score the local multiple-choice task with
-lm-evaluation-harness -> sample continuations -> print a summary.
+lm-evaluation-harness -> sample continuations -> fine-tune it into an assistant (SFT, Zephyr chat
+template) and compare base and fine-tune on held-out questions -> print a summary.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 PREPARE_CONFIG = "configs/prepare-demo.yaml"
 TRAIN_CONFIG = "configs/demo.yaml"
+SFT_CONFIG = "configs/sft-demo.yaml"
 PROMPTS = ["The history of", "def read_file(path):", "KING HENRY:"]
 
 
@@ -74,6 +76,24 @@ def _evaluate_local(checkpoint: Path) -> dict | None:
     return entry
 
 
+def _finetune(base: Path) -> dict:
+    """SFT of the demo model; the held-out questions before and after (compactlm eval --chat)."""
+    from compactlm.checkpoint.layout import latest_checkpoint
+    from compactlm.config.finetune import load_finetune_config
+    from compactlm.finetune.evaluate import evaluate_chat, format_chat_eval
+    from compactlm.finetune.trainer import FinetuneTrainer
+
+    config = load_finetune_config(SFT_CONFIG, [f"finetune.base={base}"])
+    shutil.rmtree(config.run_dir, ignore_errors=True)
+    FinetuneTrainer(config).fit()
+    tuned = latest_checkpoint(config.run_dir)
+    results = {"checkpoint": tuned}
+    for name, checkpoint, template in (("base", base, "zephyr"), ("sft", tuned, "")):
+        results[name] = evaluate_chat(checkpoint, config.data.val, template, samples=3 if name == "sft" else 0)
+        print(f"{name}: {format_chat_eval(results[name])}")
+    return results
+
+
 def run_demo() -> None:
     import torch
 
@@ -86,22 +106,22 @@ def run_demo() -> None:
     from compactlm.train.trainer import Trainer
 
     started = time.perf_counter()
-    _section("1/4 prepare the embedded corpus (data/demo: SlimPajama- and StarCoderData-style files)")
+    _section("1/5 prepare the embedded corpus (data/demo: SlimPajama- and StarCoderData-style files)")
     manifests = prepare(load_prepare_config(PREPARE_CONFIG), progress=True)
     for name, m in manifests.items():
         skipped = ", ".join(f"{k} {v}" for s in m["sources"] for k, v in s["skipped"].items()) or "none"
         print(f"{name:>17}: {m['documents']:,} documents, {m['tokens']:,} tokens (rows skipped: {skipped})")
 
-    _section("2/4 pretrain a small Llama on the CPU (TinyLlama's recipe, 7:3 natural language : code)")
+    _section("2/5 pretrain a small Llama on the CPU (TinyLlama's recipe, 7:3 natural language : code)")
     config = load_train_config(TRAIN_CONFIG)
     run_dir = Path(config.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo always starts fresh
     trainer = Trainer(config)
-    baseline = unigram_loss(trainer.mixture, trainer.validator.samples.numpy(), trainer.tokenizer.vocab_size)
+    baseline = unigram_loss(trainer.objective.mixture, trainer.validator.samples.numpy(), trainer.tokenizer.vocab_size)
     last = trainer.fit()
     checkpoint = latest_checkpoint(run_dir)
 
-    _section("3/4 evaluate")
+    _section("3/5 evaluate")
     plot_losses(run_dir, baseline, Path("loss.png"))
     print(f"validation loss {last['val_loss']:.3f} nats/token vs {baseline:.3f} for the unigram baseline "
           f"(token frequencies alone): the model predicts {math.exp(baseline - last['val_loss']):.1f}x better "
@@ -109,13 +129,16 @@ def run_demo() -> None:
     print("loss curves written to loss.png")
     local_eval = _evaluate_local(checkpoint)
 
-    _section("4/4 sample (temperature 0.8, top-k 40)")
+    _section("4/5 sample (temperature 0.8, top-k 40)")
     model, tokenizer = from_pretrained(checkpoint), load_tokenizer(checkpoint)
     for i, prompt in enumerate(PROMPTS):
         ids = torch.tensor([tokenizer.encode(prompt, bos=True)])
         out = generate(model, ids, 60, temperature=0.8, top_k=40, eos_id=tokenizer.eos_id, seed=i)
         text = prompt + tokenizer.decode(out[0, ids.shape[1]:].tolist())
         print(f"--- {prompt!r}\n{text.strip()}\n")
+
+    _section("5/5 fine-tune into an assistant (SFT on data/sft-demo, Zephyr template)")
+    chat = _finetune(checkpoint)
 
     _section("summary")
     rows = [("model", f"{trainer.model_config.name}, {trainer.model.num_params():,} parameters"),
@@ -128,6 +151,10 @@ def run_demo() -> None:
             ("compactlm_facts (lm-eval)", "skipped" if local_eval is None else
              f"acc {100 * local_eval['acc']:.1f}%, acc_norm {100 * local_eval['value']:.1f}% (chance 25%)"),
             ("checkpoint", f"{checkpoint}  (compactlm convert to-hf --checkpoint ... --out ...)"),
+            ("fine-tuned (SFT)", f"held-out assistant-token loss {chat['base']['assistant_loss']:.3f} -> "
+             f"{chat['sft']['assistant_loss']:.3f}; replies ending their turn "
+             f"{chat['base']['ended_turn_fraction']:.0%} -> {chat['sft']['ended_turn_fraction']:.0%}"),
+            ("chat", f"compactlm chat --checkpoint {chat['checkpoint']}"),
             ("wall time", f"{time.perf_counter() - started:.0f} s")]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

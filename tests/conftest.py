@@ -202,3 +202,36 @@ def fails_with_one_line(argv: list[str], expected: str, capsys, untouched=()) ->
     assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, (argv, err)
     assert tree_hashes(*untouched) == before, argv
     return err.strip()
+
+
+def quiet(*args):
+    pass
+
+
+def losses(run_dir) -> dict[int, float]:
+    """{step: training loss} from a run's metrics.jsonl."""
+    import json
+    from pathlib import Path
+
+    lines = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if "loss" in r}
+
+
+def run_cli(args, env_extra=None, **kwargs):
+    """`python -m compactlm ARGS` in its own process group (so a test can SIGKILL all of it)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "compactlm", *args], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def write_config(config, path):
+    """A typed config written as the YAML file a user would pass."""
+    import yaml
+
+    from compactlm.config.loader import to_dict
+
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    return path

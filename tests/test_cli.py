@@ -247,18 +247,23 @@ def test_version_and_help_for_every_option(capsys):
 def test_config_show_lists_every_key_with_type_default_and_meaning(capsys):
     from compactlm.commands import CONFIG_KINDS
 
+    override = {"train": "optim.lr=1e-3", "finetune": "optim.lr=1e-3", "ladder": "jobs=1", "prepare": "workers=1"}
     for path, kind in (("configs/demo.yaml", "train"), ("configs/prepare-demo.yaml", "prepare"),
-                       ("configs/ladder-demo.yaml", "ladder")):
-        assert main(["config", "show", str(REPO / path), "optim.lr=1e-3" if kind == "train" else "jobs=1"
-                     if kind == "ladder" else "workers=1"]) == 0
+                       ("configs/ladder-demo.yaml", "ladder"), ("configs/sft-demo.yaml", "finetune")):
+        assert main(["config", "show", str(REPO / path), override[kind]]) == 0
         out = capsys.readouterr().out.splitlines()
         assert out[0].startswith(f"# {kind} config")
         rows = [line for line in out[1:] if line.strip()]
         assert all("  # " in r and r.split("  # ", 1)[1].strip() for r in rows), [r for r in rows if "  # " not in r]
         assert len(rows) >= 8
-    assert sorted(CONFIG_KINDS) == ["ladder", "prepare", "train"]
+    assert sorted(CONFIG_KINDS) == ["finetune", "ladder", "prepare", "train"]
     assert main(["config", "show", str(REPO / "configs/demo.yaml"), "optim.lr=1e-3"]) == 0
     line = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("optim.lr "))
     assert "float" in line and "0.001" in line and "(default 0.0004)" in line and "peak learning rate" in line
     assert main(["config", "show"]) == 0  # the defaults, without a file
     assert "train.global_batch" in capsys.readouterr().out
+    # a section given in part keeps the fine-tuning defaults for the rest (not OptimSection's own)
+    assert main(["config", "show", str(REPO / "configs/sft-demo.yaml"), "optim.lr=1e-3"]) == 0
+    rows = {r.split()[0]: r for r in capsys.readouterr().out.splitlines()[1:] if r.strip()}
+    assert "0.001" in rows["optim.lr"] and "(default 0.0001)" in rows["optim.lr"]
+    assert rows["finetune.method"].split()[2] == '"sft"' and "every weight" in rows["finetune.adapter"]

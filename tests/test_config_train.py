@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from compactlm.cli import main
 from compactlm.config.train import TrainConfig, load_train_config, resolve_run, result_defining
@@ -15,12 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def train_configs() -> list[Path]:
-    """Every train config shipped in configs/ (ladder and prepare configs are other kinds)."""
-    found = []
-    for path in sorted((REPO / "configs").glob("*.yaml")):
-        keys = set(yaml.safe_load(path.read_text()))
-        if "run_dir" in keys:
-            found.append(path)
+    """Every train config shipped in configs/ (ladder, prepare and finetune configs are other kinds)."""
+    from compactlm.commands import config_kind
+
+    found = [path for path in sorted((REPO / "configs").glob("*.yaml")) if config_kind(str(path), None) == "train"]
     assert {p.name for p in found} >= {"demo.yaml", "tinyllama-1.1b.yaml"}
     return found
 

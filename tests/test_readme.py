@@ -30,7 +30,8 @@ def test_the_readme_block_is_what_this_test_runs():
     commands = readme_commands()
     assert [c[:2] for c in commands] == [["compactlm", "prepare"], ["compactlm", "config"], ["compactlm", "train"],
                                          ["compactlm", "train"], ["compactlm", "generate"], ["compactlm", "convert"],
-                                         ["compactlm", "eval"], ["compactlm", "convert"], ["compactlm", "eval"]]
+                                         ["compactlm", "eval"], ["compactlm", "convert"], ["compactlm", "eval"],
+                                         ["compactlm", "finetune"], ["compactlm", "generate"], ["compactlm", "eval"]]
 
 
 @pytest.mark.slow
@@ -50,3 +51,6 @@ def test_readme_pipeline_commands_run_as_written(tmp_path):
     assert (tmp_path / "out" / "hf-model" / "model.safetensors").is_file()
     assert "bits per byte" in outputs[6]
     assert (tmp_path / "out" / "mine-q8_0.gguf").is_file() and "bits per byte" in outputs[8]
+    sft = tmp_path / "out" / "runs" / "mine-sft" / "checkpoints" / "step-00000020"
+    assert "chat_template" in (sft / "tokenizer_config.json").read_text() and outputs[10].strip()
+    assert "assistant-token loss" in outputs[11] and "end their turn" in outputs[11]

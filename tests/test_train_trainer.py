@@ -5,33 +5,22 @@ import math
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 import compactlm
 from compactlm.cli import main
 from compactlm.data.readers import DataError
+from compactlm.model.transformer import lm_loss
 from compactlm.checkpoint.layout import complete_checkpoints as checkpoint_dirs
 from compactlm.config.train import OptimSection
 from compactlm.train.optim import lr_at
 from compactlm.train.trainer import Trainer, TrainingError, train
-from tests.conftest import tiny_train_config
-
-
-def quiet(*args):
-    pass
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in lines if "loss" in r}
+from tests.conftest import losses, quiet, run_cli, tiny_train_config, write_config
 
 
 def final_weights(run_dir: Path) -> dict:
@@ -87,19 +76,6 @@ def test_gradient_accumulation_is_equivalent_to_a_big_batch(tiny_dataset, tmp_pa
     assert seen[2][0] == pytest.approx(seen[8][0], rel=1e-6)
     for name, grad in seen[8][1].items():
         torch.testing.assert_close(seen[2][1][name], grad, rtol=1e-4, atol=1e-7)
-
-
-def run_cli(args, env_extra=None, **kwargs):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "compactlm", *args], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
-
-
-def write_config(config, path: Path) -> Path:
-    from compactlm.config.loader import to_dict
-
-    path.write_text(yaml.safe_dump(to_dict(config)))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +152,7 @@ def test_resume_refuses_another_model_or_data(tiny_dataset, tmp_path):
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_dataset, tmp_path, monkeypatch):
-    import compactlm.train.trainer as train_module
+    import compactlm.train.objective as train_module
 
     real_loss, calls = train_module.lm_loss, {"n": 0}
 
@@ -252,8 +228,16 @@ def test_document_masking_trains_and_validates_with_the_same_attention(tiny_data
     config = tiny_train_config(tiny_dataset, tmp_path / "masked", **steps, **{"data.document_mask": "true",
                                                                            "data.document_positions": "restart"})
     trainer = Trainer(config, console=quiet)
-    assert trainer.loss_options["document_eos"] == trainer.model_config.eos_id is not None
-    assert trainer.validator.loss_options == trainer.loss_options
+    options = trainer.objective.loss_options
+    assert options["document_eos"] == trainer.model_config.eos_id is not None and options["restart_positions"]
+    # validation scores its blocks with the training loss options, not plain causal attention
+    samples = trainer.validator.samples
+    with torch.no_grad():
+        masked_loss = lm_loss(trainer.module.eval(), samples, **options).item()
+        causal_loss = lm_loss(trainer.module, samples, fused=options["fused"]).item()
+    assert trainer.validate()["val_loss"] == pytest.approx(masked_loss, rel=1e-5)
+    assert abs(masked_loss - causal_loss) > 1e-4
+    trainer.module.train()
     masked = trainer.fit()
     # the same data and initial weights: the losses differ only through the attention
     assert losses(tmp_path / "masked") != losses(tmp_path / "plain")

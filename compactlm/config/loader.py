@@ -129,6 +129,11 @@ def _build(cls, data, where: str):
         if key not in fields:
             raise KeyProblem(_join(where, str(key)), UNKNOWN)
     values = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
+    for name, value in values.items():  # a section given in part keeps its config's defaults for the rest
+        section_default = _section_default(fields[name])
+        if section_default is not None and dataclasses.is_dataclass(value):
+            given = data[name]
+            values[name] = dataclasses.replace(section_default, **{k: getattr(value, k) for k in given})
     try:
         return cls(**values)
     except TypeError as exc:  # a required key is missing
@@ -136,6 +141,19 @@ def _build(cls, data, where: str):
     except CompactlmError as exc:  # a dataclass's own __post_init__ check (SourceConfig's is a DataError)
         # its message may quote a value with a line break in it: the key's message stays one line
         raise KeyProblem(where or "config", " ".join(str(exc).splitlines())) from None
+
+
+def _section_default(field):
+    """The default a config gives one of its sections, when that differs from the section class's own
+    (FinetuneConfig's optimizer defaults, say); else None."""
+    if field.default_factory is dataclasses.MISSING:
+        return None
+    default = field.default_factory()
+    try:
+        plain_default = type(default)()
+    except TypeError:  # not a dataclass, or one with required fields
+        return None
+    return default if dataclasses.is_dataclass(default) and default != plain_default else None
 
 
 UNKNOWN = "unknown key"
@@ -237,16 +255,18 @@ def _own_field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def describe(config, where: str = "") -> list[tuple[str, str, object, object, str]]:
-    """(dotted key, type, value, default, meaning) for every leaf key of a config."""
+def describe(config, where: str = "", defaults=None) -> list[tuple[str, str, object, object, str]]:
+    """(dotted key, type, value, default, meaning) for every leaf key of a config. `defaults`: the
+    section's defaults as its config sets them (FinetuneConfig's optimizer), else the class's own."""
     rows = []
     docs, hints = field_docs(type(config)), typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         key, value = _join(where, f.name), getattr(config, f.name)
         if dataclasses.is_dataclass(value):
-            rows += describe(value, key)
+            rows += describe(value, key, _section_default(f))
             continue
-        default = (f.default if f.default is not dataclasses.MISSING else
+        default = (getattr(defaults, f.name) if defaults is not None else
+                   f.default if f.default is not dataclasses.MISSING else
                    f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
         rows.append((key, _type_name(hints[f.name]), plain(value), plain(default), docs.get(f.name, "")))
     return rows

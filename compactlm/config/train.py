@@ -98,12 +98,14 @@ class TrainSection:
 
 
 @dataclass
-class TrainConfig:
+class RunSettings:
+    """What every training run has, pretraining or fine-tuning: where it goes, the optimizer, the batch
+    and its cadences. `compactlm train` adds the model and the data mixture (TrainConfig); `compactlm
+    finetune` adds the base checkpoint and the conversations (compactlm.config.finetune)."""
+
     run_dir: str = field(default="out/run", metadata=NO_RESULT_CHANGE)  # checkpoints, metrics.jsonl, config.yaml
     seed: int = 1234  # model initialisation
     device: str = "auto"  # auto (a GPU if there is one), cpu, cuda, cuda:1, mps
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     checkpoint_every: int = field(default=1000, metadata=NO_RESULT_CHANGE)  # optimizer steps between checkpoints
@@ -116,18 +118,8 @@ class TrainConfig:
 
     def checks(self) -> list[tuple[str, bool, str]]:
         """(key, holds, what is wrong otherwise): run by the loader before any work starts."""
-        d, o, t = self.data, self.optim, self.train
+        o, t = self.optim, self.train
         return [
-            ("data.seq_len", d.seq_len >= 1, f"must be at least 1, got {d.seq_len}"),
-            ("data.val_fraction", 0 <= d.val_fraction < 1, f"must be in [0, 1), got {d.val_fraction}"),
-            ("data.num_workers", d.num_workers >= 0, f"must be >= 0, got {d.num_workers}"),
-            ("data.document_positions", d.document_positions in POSITION_MODES,
-             f"{d.document_positions!r}: choose {', '.join(POSITION_MODES)}"),
-            ("data.document_positions", d.document_mask or d.document_positions == "continue",
-             "'restart' needs data.document_mask: true (positions restart per document only when documents "
-             "are kept apart)"),
-            *((f"data.datasets[{i}].weight", 0 <= s.weight < math.inf, f"must be finite and >= 0, got {s.weight}")
-              for i, s in enumerate(d.datasets)),
             ("optim.lr", o.lr > 0, f"must be positive, got {o.lr}"),
             ("optim.min_lr", 0 <= o.min_lr <= o.lr, f"must be in [0, optim.lr = {o.lr}], got {o.min_lr}"),
             ("optim.warmup_steps", o.warmup_steps >= 0, f"must be >= 0, got {o.warmup_steps}"),
@@ -140,7 +132,6 @@ class TrainConfig:
             ("train.global_batch", t.global_batch >= 1, f"must be at least 1, got {t.global_batch}"),
             ("train.max_steps", t.max_steps >= 0, f"must be >= 0 (0: derived from train.max_tokens), got {t.max_steps}"),
             ("train.max_tokens", t.max_tokens >= 0, f"must be >= 0, got {t.max_tokens}"),
-            ("train.max_steps", t.max_steps > 0 or t.max_tokens > 0, "is 0 and so is train.max_tokens; set one of them"),
             ("train.lr_decay_steps", t.lr_decay_steps >= 0, f"must be >= 0 (0: max_steps), got {t.lr_decay_steps}"),
             ("train.precision", t.precision in PRECISIONS, f"{t.precision!r}: choose {', '.join(PRECISIONS)}"),
             ("train.kernels", t.kernels in KERNEL_MODES, f"{t.kernels!r}: choose {', '.join(KERNEL_MODES)}"),
@@ -154,6 +145,29 @@ class TrainConfig:
               for key in ("checkpoint_every", "keep_checkpoints", "eval_every", "log_every")),
             ("eval_samples", self.eval_samples >= 0, f"must be >= 0, got {self.eval_samples}"),
             ("peak_flops", self.peak_flops >= 0, f"must be >= 0 (0: look the GPU up), got {self.peak_flops}"),
+        ]
+
+
+@dataclass
+class TrainConfig(RunSettings):
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        d, t = self.data, self.train
+        return [
+            ("data.seq_len", d.seq_len >= 1, f"must be at least 1, got {d.seq_len}"),
+            ("data.val_fraction", 0 <= d.val_fraction < 1, f"must be in [0, 1), got {d.val_fraction}"),
+            ("data.num_workers", d.num_workers >= 0, f"must be >= 0, got {d.num_workers}"),
+            ("data.document_positions", d.document_positions in POSITION_MODES,
+             f"{d.document_positions!r}: choose {', '.join(POSITION_MODES)}"),
+            ("data.document_positions", d.document_mask or d.document_positions == "continue",
+             "'restart' needs data.document_mask: true (positions restart per document only when documents "
+             "are kept apart)"),
+            *((f"data.datasets[{i}].weight", 0 <= s.weight < math.inf, f"must be finite and >= 0, got {s.weight}")
+              for i, s in enumerate(d.datasets)),
+            *super().checks(),
+            ("train.max_steps", t.max_steps > 0 or t.max_tokens > 0, "is 0 and so is train.max_tokens; set one of them"),
         ]
 
 
@@ -209,13 +223,18 @@ def resolve_run(config: TrainConfig, world_size: int = 1, vocab_size: int | None
     if tokenizer is not None:
         model = model.with_special_ids(tokenizer.bos_id, tokenizer.eos_id)
     train = config.train
+    tokens_per_step = train.global_batch * config.data.seq_len
+    max_steps = train.max_steps or math.ceil(train.max_tokens / tokens_per_step)
+    return ResolvedRun(model=model, tokenizer_path=path, tokenizer=tokenizer, world_size=world_size,
+                       accumulation=accumulation(train, world_size), max_steps=max_steps,
+                       decay_steps=train.lr_decay_steps or max_steps, tokens_per_step=tokens_per_step)
+
+
+def accumulation(train: TrainSection, world_size: int) -> int:
+    """Micro-batches per optimizer step on each rank, refused when the global batch does not divide."""
     per_step = train.micro_batch * world_size
     if train.global_batch % per_step:
         raise ConfigError(f"train.global_batch {train.global_batch} is not a multiple of micro_batch x ranks "
                           f"({train.micro_batch} x {world_size} = {per_step}); change train.micro_batch, "
                           "train.global_batch or the number of ranks")
-    tokens_per_step = train.global_batch * config.data.seq_len
-    max_steps = train.max_steps or math.ceil(train.max_tokens / tokens_per_step)
-    return ResolvedRun(model=model, tokenizer_path=path, tokenizer=tokenizer, world_size=world_size,
-                       accumulation=train.global_batch // per_step, max_steps=max_steps,
-                       decay_steps=train.lr_decay_steps or max_steps, tokens_per_step=tokens_per_step)
+    return train.global_batch // per_step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from compactlm.errors import CompactlmError
@@ -33,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", help="comma-separated suites / lm-eval task names, NAME:K for K-shot")
     p.add_argument("--text", nargs="+", metavar="FILE", help="held-out text files (.txt, .md, ... or .jsonl "
                    "with a \"text\" field): perplexity and bits per byte")
+    p.add_argument("--chat", metavar="FILE", help="held-out conversations (jsonl, as finetune reads them): "
+                   "assistant-token loss, the share of greedy replies that end their turn, samples")
+    p.add_argument("--template", default="", help="with --chat: zephyr, chatml or a .jinja file (default: the "
+                   "checkpoint's own)")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="more lm-eval task YAMLs (repeatable; the repo's tasks/ is always included)")
     p.add_argument("--limit", default=None, help="at most N documents per task (or a fraction, e.g. 0.1)")
@@ -70,6 +75,22 @@ def _require_lm_eval() -> None:
         raise CompactlmError("lm-evaluation-harness is not installed: pip install 'compactlm[eval]'") from None
 
 
+def _chat(args: argparse.Namespace, console) -> None:
+    if not args.checkpoint or args.tasks or args.text:
+        raise CompactlmError("--chat measures one --checkpoint, alone (not with --run, --tasks or --text)")
+    from compactlm.checkpoint.layout import require_checkpoint
+    from compactlm.fileio import atomic_write
+    from compactlm.finetune.evaluate import evaluate_chat, format_chat_eval
+
+    result = evaluate_chat(require_checkpoint(args.checkpoint), args.chat, args.template,
+                           batch_size=args.batch_size, device=args.device)
+    console(format_chat_eval(result))
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "chat_results.json", [json.dumps(result, indent=2).encode()])
+
+
 def run(args: argparse.Namespace, console=print) -> None:
     from compactlm.eval import lm_eval_hook
 
@@ -84,6 +105,8 @@ def run(args: argparse.Namespace, console=print) -> None:
         return
     if not args.checkpoint and not args.run:
         raise CompactlmError("give --checkpoint CKPT or --run RUN_DIR (compactlm eval -h)")
+    if args.chat:
+        return _chat(args, console)
     if args.run and args.text:
         raise CompactlmError("--text measures one --checkpoint, not a --run")
     if not args.tasks and not args.text:

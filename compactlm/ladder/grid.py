@@ -212,7 +212,7 @@ def evaluate_checkpoint(checkpoint: Path, evaluation: dict, precision: str = "au
     samples = torch.from_numpy(mixture.val_samples(evaluation["samples"]))
     if not len(samples):
         raise LadderError(f"{checkpoint}: the validation set is empty (raise data.val_fraction)")
-    result = Validator(samples, tokenizer, 16, dev, autocast_dtype(precision, dev))(model)
+    result = Validator.for_blocks(samples, tokenizer, 16, dev, autocast_dtype(precision, dev))(model)
     return {k: result[k] for k in ("val_loss", "val_bpb", "val_blocks", "val_tokens")}
 
 

@@ -7,7 +7,7 @@ described by an attention mask, as in transformers (positions count real tokens 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -106,13 +106,14 @@ def check_context(model: Transformer, prompt_len: int, max_new_tokens: int, whos
 @torch.inference_mode()
 def generate(model: Transformer, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, attention_mask: torch.Tensor | None = None,
-             eos_id: int | None = None, seed: int | None = None,
+             eos_id: int | Sequence[int] | None = None, seed: int | None = None,
              on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """input_ids [B, T] -> [B, T + N] with N = max_new_tokens.
 
-    attention_mask [B, T]: 1 for real tokens, 0 for left padding. With eos_id, a sequence that
-    produced it is continued with eos_id, and generation stops early once every sequence has (the
-    result is then shorter). on_token receives each step's new tokens [B] (for streaming).
+    attention_mask [B, T]: 1 for real tokens, 0 for left padding. With eos_id (one id, or several that
+    all end a sequence, e.g. EOS and a chat template's end of turn), a sequence that produced one is
+    continued with it, and generation stops early once every sequence has (the result is then
+    shorter). on_token receives each step's new tokens [B] (for streaming).
     """
     T = input_ids.shape[1]
     if max_new_tokens < 1 or not valid_sampling(temperature, top_k, top_p):
@@ -148,12 +149,14 @@ def _decode(model, input_ids, max_new_tokens, temperature, top_k, top_p, attenti
     out = torch.empty(B, total, dtype=input_ids.dtype, device=device)
     out[:, :T] = input_ids
     finished = torch.zeros(B, dtype=torch.bool, device=device)
+    stop = None if eos_id is None else torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id),
+                                                    device=device)
     length = T
     for step in range(max_new_tokens):
         token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
-        if eos_id is not None:
-            token = token.masked_fill(finished, eos_id)
-            finished |= token == eos_id
+        if stop is not None:
+            token = torch.where(finished, out[:, length - 1], token)  # a finished sequence repeats its stop token
+            finished |= torch.isin(token, stop)
         out[:, length] = token
         length += 1
         if on_token is not None:

@@ -23,7 +23,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from compactlm.config.model import ModelConfig
-from compactlm.model.fused_loss import linear_cross_entropy, loss_chunk_rows
+from compactlm.model.fused_loss import IGNORE_INDEX, linear_cross_entropy, loss_chunk_rows, scored_count
 
 
 class RMSNorm(nn.Module):
@@ -190,7 +190,9 @@ class Transformer(nn.Module):
         if targets is None:
             return self.lm_head(x[:, -1:] if last_only else x)
         if not fused_loss:
-            return F.cross_entropy(self.lm_head(x).float().flatten(0, 1), targets.flatten())
+            targets = targets.flatten()
+            return (F.cross_entropy(self.lm_head(x).float().flatten(0, 1), targets, reduction="sum",
+                                    ignore_index=IGNORE_INDEX) / scored_count(targets))
         return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(),
                                     loss_chunk_rows(x.device.type))
 
@@ -272,16 +274,23 @@ def document_layout(idx: torch.Tensor, eos_id: int, restart_positions: bool = Fa
     With restart_positions, RoPE positions start at 0 in every document, as if it were alone; the row's
     first document may have begun in an earlier row, and counts from the row's start.
     """
-    is_eos = idx == eos_id
-    document = is_eos.long().cumsum(dim=1) - is_eos.long()  # an EOS belongs to the document it ends
-    T = idx.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
-    mask = (document[:, :, None] == document[:, None, :]) & causal
+    is_eos = (idx == eos_id).long()
+    return segment_layout(is_eos.cumsum(dim=1) - is_eos, restart_positions)  # an EOS ends its own document
+
+
+def segment_layout(segments: torch.Tensor, restart_positions: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(attn_mask [B, 1, T, T], position_ids [B, T] or None) for rows [B, T] whose tokens carry the id of
+    the sequence they belong to (non-decreasing along a row): each token attends causally within its
+    own sequence only, and with restart_positions each sequence's positions start at 0."""
+    T = segments.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    mask = (segments[:, :, None] == segments[:, None, :]) & causal
     if not restart_positions:
         return mask[:, None], None
-    t = torch.arange(T, device=idx.device).expand_as(idx)
-    starts = torch.zeros_like(is_eos)
-    starts[:, 1:] = is_eos[:, :-1]
+    t = torch.arange(T, device=segments.device).expand_as(segments)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
     first = torch.where(starts, t, torch.zeros_like(t)).cummax(dim=1).values
     return mask[:, None], t - first
 

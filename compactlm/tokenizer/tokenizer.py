@@ -7,6 +7,7 @@ next to a model in a form `transformers.AutoTokenizer` loads offline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -107,6 +108,17 @@ class Tokenizer:
             ids = [*ids, self.eos_id]
         return ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids (no special tokens) and the character offset in `text` where each token starts."""
+        if self.kind == "sentencepiece":
+            from sentencepiece import sentencepiece_pb2  # the serialised form: stable across sentencepiece 0.2.x
+
+            proto = sentencepiece_pb2.SentencePieceText.FromString(self._sp.encode(text, out_type="serialized_proto"))
+            char_at = _char_index_of_bytes(text)
+            return [p.id for p in proto.pieces], [char_at[min(p.begin, len(char_at) - 1)] for p in proto.pieces]
+        encoding = self._hf.encode(text, add_special_tokens=False)
+        return encoding.ids, [start for start, _ in encoding.offsets]
+
     def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
         """Token ids of many texts, no special tokens (data preparation adds EOS itself)."""
         if self.kind == "sentencepiece":
@@ -117,6 +129,18 @@ class Tokenizer:
         if self.kind == "sentencepiece":
             return self._sp.decode(list(ids))
         return self._hf.decode(list(ids), skip_special_tokens=False)
+
+    @functools.cached_property
+    def special_tokens(self) -> dict[str, int]:
+        """Control tokens by their text: BOS, EOS, and a tokenizer.json's added special tokens. Only a
+        chat template's own text is ever split at them (compactlm.tokenizer.chat)."""
+        specials = {}
+        if self.kind != "sentencepiece":
+            specials = {t.content: i for i, t in self._hf.get_added_tokens_decoder().items() if t.special}
+        for token_id in (self.bos_id, self.eos_id):
+            if token_id is not None:
+                specials[self.id_to_piece(token_id)] = token_id
+        return specials
 
     def id_to_piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(token_id) if self.kind == "sentencepiece" else self._hf.id_to_token(token_id)
@@ -149,11 +173,20 @@ class Tokenizer:
         if self.kind == "sentencepiece":
             # Not "LlamaTokenizer": transformers 5 rebuilds that one's pipeline in code and ignores ours.
             # split_special_tokens: a literal "<s>" in text is text, as in SentencePiece.
+            # With a chat template they must be parsed, or the template's "</s>" would be text.
             config.update(tokenizer_class="PreTrainedTokenizerFast", unk_token=piece(self._sp.unk_id()),
-                          split_special_tokens=True)
+                          split_special_tokens=not self.chat_template)
         else:
             config.update(tokenizer_class="PreTrainedTokenizerFast")
         return config
+
+
+def _char_index_of_bytes(text: str) -> list[int]:
+    """For each UTF-8 byte offset of text (and its end), the index of the character it falls in."""
+    index = []
+    for i, char in enumerate(text):
+        index.extend([i] * len(char.encode("utf-8")))
+    return index + [len(text)]
 
 
 def _none_if_negative(token_id: int | None) -> int | None:
@@ -196,6 +229,14 @@ def load_tokenizer(path: str | Path) -> Tokenizer | None:
     """A tokenizer from a checkpoint directory or a tokenizer file."""
     path = Path(path)
     return Tokenizer.from_dir(path) if path.is_dir() else Tokenizer(path)
+
+
+def require_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a checkpoint (directory or GGUF file), or one error line saying it has none."""
+    tokenizer = load_tokenizer(path)
+    if tokenizer is None:
+        raise CheckpointError(f"{path}: no tokenizer.model or tokenizer.json beside the weights")
+    return tokenizer
 
 
 def train_bpe(texts, vocab_size: int, out_path: str | Path) -> Tokenizer:

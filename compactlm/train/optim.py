@@ -32,7 +32,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """
     decay, no_decay = [], []
     for p in model.parameters():
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        if p.requires_grad:  # frozen weights (a LoRA base) get no optimizer state
+            (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -33,17 +33,15 @@ from compactlm.checkpoint.training import (full_state, load_training_state, read
 from compactlm.config.loader import to_dict
 from compactlm.config.model import ModelConfig
 from compactlm.config.train import CHECKPOINT_FORMATS, TrainConfig, resolve_run
-from compactlm.data.mixture import Mixture, batches
 from compactlm.errors import CompactlmError, ConfigError
-from compactlm.model.transformer import lm_loss
 from compactlm.train import metrics as metrics_file
 from compactlm.train.distributed import (barrier, clip_grad_norm, close_distributed, gradient_sync, init_distributed,
                                          parallelize, resolve_parallelism)
+from compactlm.train.objective import Pretraining, to_device
 from compactlm.train.optim import lr_at, make_optimizer, set_lr
 from compactlm.train.run_dir import claim
 from compactlm.train.runtime import (apply_kernels, autocast, autocast_dtype, device_peak_flops, peak_memory,
                                      resolve_device)
-from compactlm.train.validate import Validator
 
 
 class TrainingError(CompactlmError):
@@ -74,6 +72,10 @@ def _silent(*args, **kwargs) -> None:
 
 
 class Trainer:
+    """The training loop every objective shares. Subclasses change what is trained (fine-tuning:
+    compactlm.finetune.trainer) through the hooks `_resolve`, `_make_objective`, `_make_module`,
+    `_write_weights` and `_load_state`; the loop, checkpoints, resume and metrics stay this class's."""
+
     def __init__(self, config: TrainConfig, resume: bool = False, console=print, overwrite: bool = False):
         self.config, self.console = config, console
         self.run_dir = Path(config.run_dir)
@@ -92,7 +94,8 @@ class Trainer:
         # interleave with the training step's.
         self._checkpoint_group = (dist.new_group(backend="gloo") if self.world_size > 1 and
                                   self.checkpoint_format == "sharded" and config.train.async_checkpoint else None)
-        self.run = resolve_run(config, self.world_size)
+        self.resuming = resume
+        self.run = self._resolve()
         self._lock = claim(self.run_dir, resume, overwrite) if self.world.is_main else None
         try:
             self._setup(resume)
@@ -107,31 +110,42 @@ class Trainer:
         self.accumulation, self.max_steps, self.decay_steps = (self.run.accumulation, self.run.max_steps,
                                                                self.run.decay_steps)
         self.tokenizer = self.run.tokenizer
-        data = config.data
-        self.mixture = Mixture(data.datasets, data.seq_len, data.seed, data.val_fraction,
-                               tokenizer_hash=self.tokenizer.hash)
         self._setup_model()
-        self.validator = Validator(torch.from_numpy(self.mixture.val_samples(config.eval_samples)), self.tokenizer,
-                                   config.train.micro_batch, self.device, self.amp_dtype, **self.loss_options)
+        self.validator = self.objective.validator(config.eval_samples, config.train.micro_batch, self.device,
+                                                  self.amp_dtype)
         self.step, self.tokens_seen, self.nonfinite_total, self.nonfinite_run = 0, 0, 0, 0
         if resume:
             self._resume()
         self._write_resolved_config()
 
     # ---- setup ----------------------------------------------------------------------------------
-    def _setup_model(self) -> None:
+    def _resolve(self):
+        """The run's model config, tokenizer, accumulation and steps (compactlm.config.train.resolve_run)."""
+        return resolve_run(self.config, self.world_size)
+
+    def _make_objective(self, fused: bool):
+        return Pretraining(self.config, self.tokenizer, self.model_config.eos_id, fused)
+
+    def _make_module(self) -> torch.nn.Module:
         torch.manual_seed(self.config.seed)  # the same initial weights on every rank
-        module = build_model(self.model_config, device=self.device)
+        return build_model(self.model_config, device=self.device)
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.data.seq_len
+
+    def _setup_model(self) -> None:
+        module = self._make_module()
         module.checkpoint_every = self.config.train.activation_checkpointing
         self.kernels = apply_kernels(module, self.config.train.kernels, self.device)
-        self.loss_options = self._loss_options()
         self.module = module  # the Transformer, for its config and parameter count
+        self.objective = self._make_objective(fused=self.config.train.kernels != "eager")
         self.model = parallelize(module, self.parallelism, self.device, self.amp_dtype)
         if self.parallelism != "none":
             self.kernels.append(f"{self.parallelism} over {self.world_size} ranks")
         self.optimizer = make_optimizer(module, self.config.optim)  # after sharding: it holds the shards
         self.peak_flops = device_peak_flops(self.device, self.config.peak_flops)
-        self.flops_per_token = self.model_config.flops_per_token(self.config.data.seq_len)
+        self.flops_per_token = self.model_config.flops_per_token(self.seq_len)
 
     def _write_resolved_config(self) -> None:
         if not self.world.is_main:
@@ -155,13 +169,10 @@ class Trainer:
             diff = [f"{f}: {getattr(saved, f)} -> {getattr(self.model_config, f)}"
                     for f in saved.to_dict() if getattr(saved, f) != getattr(self.model_config, f)]
             raise TrainingError(f"{path}: checkpoint model config differs from this run's ({'; '.join(diff)})")
-        if not layout.is_sharded(path):  # the same one-line tensor report as from_pretrained
-            check_tensors(self.module, safetensors_shapes(path / layout.WEIGHTS_FILE), path / layout.WEIGHTS_FILE)
         state = read_train_state(path)
-        next_index = self.mixture.check_state(state["data"], str(path / layout.STATE_FILE))
+        next_index = self.objective.check_state(state["data"], str(path / layout.STATE_FILE))
         # The global data stream depends on global_batch only: any number of ranks continues it.
-        load_training_state(self.model, self.optimizer, path, state.get("optimizer"),
-                            self.model_config.tie_embeddings)
+        self._load_state(path, state)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.nonfinite_total, self.nonfinite_run = state["nonfinite_total"], state["nonfinite_run"]
         torch.set_rng_state(state["rng_cpu"])
@@ -173,6 +184,12 @@ class Trainer:
             metrics_file.truncate_metrics(self.run_dir, self.step)
         self.console(f"resumed from {path} (step {self.step}, {self.tokens_seen:,} tokens seen"
                      f"{', sharded checkpoint' if layout.is_sharded(path) else ''})")
+
+    def _load_state(self, path: Path, state: dict) -> None:
+        """Model and optimizer from a checkpoint of this run."""
+        if not layout.is_sharded(path):  # the same one-line tensor report as from_pretrained
+            check_tensors(self.module, safetensors_shapes(path / layout.WEIGHTS_FILE), path / layout.WEIGHTS_FILE)
+        load_training_state(self.model, self.optimizer, path, state.get("optimizer"), self.model_config.tie_embeddings)
 
     # ---- save -----------------------------------------------------------------------------------
     def save_checkpoint(self, final: bool = True) -> Path:
@@ -188,7 +205,7 @@ class Trainer:
             model_sd, optim_sd = full_state(self.model, self.optimizer, self.model_config.tie_embeddings)
             if self.world.is_main:
                 with atomic_directory(path) as tmp:
-                    save_file(model_sd, tmp / layout.WEIGHTS_FILE, metadata={"format": "pt"})
+                    self._write_weights(tmp, model_sd)
                     self._write_checkpoint_files(tmp, optimizer=optim_sd)
                 self._drop_old_checkpoints()
             barrier(self.world)
@@ -206,10 +223,13 @@ class Trainer:
             self._publish_pending_save()
         return path
 
+    def _write_weights(self, directory: Path, model_sd: dict) -> None:
+        save_file(model_sd, directory / layout.WEIGHTS_FILE, metadata={"format": "pt"})
+
     def _write_checkpoint_files(self, directory: Path, **extra) -> None:
         write_model_files(directory, self.model_config, self.tokenizer)
         state = {"step": self.step, "tokens_seen": self.tokens_seen,
-                 "data": self.mixture.state(self.step * self.config.train.global_batch),
+                 "data": self.objective.state(self.step * self.config.train.global_batch),
                  "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
                  "rng_cpu": torch.get_rng_state(), "world_size": self.world_size, **extra}
         if self.device.type == "cuda":
@@ -256,8 +276,8 @@ class Trainer:
     def _fit(self) -> dict:
         cfg, train = self.config, self.config.train
         self.console(self._banner())
-        loader = iter(batches(self.mixture, train.micro_batch, start=self.step * train.global_batch,
-                              rank=self.rank, world_size=self.world_size, num_workers=cfg.data.num_workers))
+        loader = iter(self.objective.batches(train.micro_batch, start=self.step * train.global_batch,
+                                             rank=self.rank, world_size=self.world_size))
         metrics = (metrics_file.MetricsWriter(self.run_dir, cfg.tensorboard, purge_step=self.step + 1)
                    if self.world.is_main else metrics_file.NoMetrics())
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -266,11 +286,12 @@ class Trainer:
             while self.step < self.max_steps:
                 step_start = time.perf_counter()
                 lr = lr_at(self.step, cfg.optim, self.decay_steps)
-                loss, grad_norm = self._optimizer_step(loader, lr)
+                loss, grad_norm, extras = self._optimizer_step(loader, lr)
                 self.step += 1
                 self.tokens_seen += self.run.tokens_per_step
-                record = self._step_record(loss, lr, grad_norm,
-                                           self.run.tokens_per_step / (time.perf_counter() - step_start))
+                record = {**self._step_record(loss, lr, grad_norm,
+                                              self.run.tokens_per_step / (time.perf_counter() - step_start)),
+                          **extras}
                 metrics.write(record)
                 last = record
                 if self.step % cfg.log_every == 0 or self.step == self.max_steps:
@@ -291,28 +312,22 @@ class Trainer:
                 signal.signal(sig, handler)
         return last
 
-    def _loss_options(self) -> dict:
-        """How lm_loss runs, for training and validation alike: fused head, and documents kept apart."""
-        data = self.config.data
-        if data.document_mask and self.model_config.eos_id is None:
-            raise ConfigError("data.document_mask: the tokenizer has no EOS token to find documents by")
-        return dict(fused=self.config.train.kernels != "eager",
-                    document_eos=self.model_config.eos_id if data.document_mask else None,
-                    restart_positions=data.document_positions == "restart")
-
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum  # finish the step in flight, checkpoint, stop
 
-    def _optimizer_step(self, loader, lr: float) -> tuple[float, float]:
+    def _optimizer_step(self, loader, lr: float) -> tuple[float, float, dict]:
+        """One optimizer step: (mean loss, gradient norm, the objective's further metrics averaged)."""
         set_lr(self.optimizer, lr)
-        total = torch.zeros((), device=self.device)
+        total, extras = torch.zeros((), device=self.device), {}
         for i in range(self.accumulation):
-            batch = next(loader).to(self.device, non_blocking=True)
+            batch = to_device(next(loader), self.device)
             with gradient_sync(self.model, enabled=i == self.accumulation - 1):
                 with autocast(self.device, self.amp_dtype):
-                    loss = lm_loss(self.model, batch, **self.loss_options)
+                    loss, more = self.objective.loss(self.model, batch)
                 (loss / self.accumulation).backward()
             total += loss.detach()
+            for name, value in more.items():
+                extras[name] = extras.get(name, 0.0) + value.detach() / self.accumulation
         loss_value, self._stop_requested = self._reduce_across_ranks(total / self.accumulation)
         clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
         grad_norm = clip_grad_norm(self.model.parameters(), clip)
@@ -330,7 +345,7 @@ class Trainer:
                 raise TrainingError(f"{self.nonfinite_run} non-finite steps in a row at step {self.step + 1}; "
                                     f"stopped with checkpoint {path}. Lower optim.lr or check the data.")
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, grad_norm
+        return loss_value, grad_norm, {name: value.item() for name, value in extras.items()}
 
     def _reduce_across_ranks(self, loss: torch.Tensor) -> tuple[float, bool]:
         """The loss averaged over ranks, and whether any rank was signalled to stop: one collective.
@@ -354,7 +369,7 @@ class Trainer:
         return (f"model {self.model_config.name}: {self.module.num_params():,} parameters "
                 f"({self.model_config.non_embedding_params:,} non-embedding), vocab {self.tokenizer.vocab_size}; "
                 f"{self.device}, {precision}, kernels: {', '.join(self.kernels)}; batch {cfg.train.global_batch} x "
-                f"{cfg.data.seq_len} tokens ({cfg.train.micro_batch} x {self.accumulation} accumulation); "
+                f"{self.seq_len} tokens ({cfg.train.micro_batch} x {self.accumulation} accumulation); "
                 f"steps {self.step} -> {self.max_steps}")
 
     def _step_record(self, loss, lr, grad_norm, tokens_per_s) -> dict:
@@ -375,8 +390,10 @@ class Trainer:
         result = self.validate()
         if result:
             metrics.write({"step": self.step, "tokens": self.tokens_seen, **result})
-            self.console(f"validation at step {self.step}: loss {result['val_loss']:.4f} | "
-                         f"ppl {result['val_ppl']:.2f} | {result['val_bpb']:.3f} bits/byte")
+            more = [f"{result['val_bpb']:.3f} bits/byte"] if "val_bpb" in result else [
+                f"{k[4:]} {v:.4f}" for k, v in result.items() if k not in ("val_loss", "val_ppl")]
+            self.console(" | ".join([f"validation at step {self.step}: loss {result['val_loss']:.4f}",
+                                     f"ppl {result['val_ppl']:.2f}", *more]))
         return result
 
 

@@ -1,0 +1,1 @@
+"""Post-training: SFT, LoRA and DPO on the pretraining trainer."""
