@@ -38,6 +38,56 @@ def test_learning_rate_schedule_per_optimizer_step():
     assert lr_at(150_000, optim, 100_000) == pytest.approx(4e-5)
 
 
+@pytest.mark.parametrize("shape, decay", [
+    ("linear", [0.75, 0.5, 0.25, 0.0]),
+    ("cosine", [0.5 * (1 + math.cos(math.pi * p)) for p in (0.25, 0.5, 0.75, 1.0)]),
+    ("1-sqrt", [1 - math.sqrt(p) for p in (0.25, 0.5, 0.75, 1.0)])])
+def test_wsd_learning_rate_per_step(shape, decay):
+    """Warm-up 2, stable at lr, then the last 20% (4 of 20 steps) down to min_lr, reached at the last step."""
+    optim = OptimSection(lr=1e-3, min_lr=1e-4, warmup_steps=2, schedule="wsd", decay_fraction=0.2, decay_shape=shape)
+    expected = [5e-4, 1e-3] + [1e-3] * 14 + [1e-4 + f * 9e-4 for f in decay] + [1e-4]
+    assert [lr_at(s, optim, 20) for s in range(21)] == pytest.approx(expected, rel=1e-12)
+    # the stable phase does not depend on the run's length: a longer run shares it step for step
+    assert [lr_at(s, optim, 50) for s in range(16)] == [lr_at(s, optim, 20) for s in range(16)]
+
+
+def test_a_cooldown_branch_equals_the_uninterrupted_wsd_run(tiny_dataset, tmp_path):
+    """One stable WSD run, branched at step 18 into a 24-step budget, gives bit for bit the losses and
+    weights of a WSD run trained for 24 steps straight (Hägele et al. 2024's cooldowns)."""
+    wsd = {"optim.schedule": "wsd", "optim.decay_fraction": 0.25, "optim.warmup_steps": 3, "checkpoint_every": 6,
+           "keep_checkpoints": 10}
+    train(tiny_train_config(tiny_dataset, tmp_path / "straight", **wsd, **{"train.max_steps": 24}), console=quiet)
+    train(tiny_train_config(tiny_dataset, tmp_path / "stable", **wsd, **{"train.max_steps": 40}), console=quiet)
+    stable_18 = tmp_path / "stable" / "checkpoints" / "step-00000018"
+    lines = []
+    train(tiny_train_config(tiny_dataset, tmp_path / "branch", **wsd, **{"train.max_steps": 24,
+                                                                       "train.init_from": str(stable_18)}),
+          console=lines.append)
+    assert any("branched from" in line and "at step 18" in line for line in lines)
+    straight, stable, branch = (losses(tmp_path / r) for r in ("straight", "stable", "branch"))
+    assert {s: stable[s] for s in range(1, 19)} == {s: straight[s] for s in range(1, 19)}  # the shared stable phase
+    assert branch == {s: straight[s] for s in range(19, 25)}  # only the decay is run, and it is the same
+    ours, reference = final_weights(tmp_path / "branch"), final_weights(tmp_path / "straight")
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+
+
+def test_init_from_weights_only_continues_pretraining_on_other_data(tiny_dataset, tmp_path):
+    train(tiny_train_config(tiny_dataset, tmp_path / "base", **{"train.max_steps": 10}), console=quiet)
+    source = checkpoint_dirs(tmp_path / "base")[-1]
+    config = tiny_train_config(tiny_dataset, tmp_path / "more", **{
+        "train.max_steps": 5, "train.init_from": str(source), "train.init_weights_only": "true",
+        "data.datasets": "[{path: %s, weight: 1}]" % tiny_dataset[1]})
+    trainer = Trainer(config, console=quiet)
+    assert trainer.step == 0
+    weights = load_file(source / "model.safetensors")
+    assert all(torch.equal(p.detach(), weights[n]) for n, p in trainer.module.named_parameters() if n in weights)
+    trainer.fit()
+    assert sorted(losses(tmp_path / "more")) == [1, 2, 3, 4, 5]
+    with pytest.raises(TrainingError, match="its step 10 is not before train.max_steps 10"):
+        Trainer(tiny_train_config(tiny_dataset, tmp_path / "late", **{"train.max_steps": 10,
+                                                                     "train.init_from": str(source)}), console=quiet)
+
+
 def test_learning_rate_changes_once_per_optimizer_step_not_per_micro_batch(tiny_dataset, tmp_path):
     config = tiny_train_config(tiny_dataset, tmp_path / "run", **{"train.micro_batch": 2, "train.max_steps": 8})
     train(config, console=quiet)

@@ -75,6 +75,7 @@ class FinetuneConfig(RunSettings):
              f"{lora.targets}: choose among {', '.join(LORA_TARGETS)}"),
             ("finetune.beta", f.beta > 0, f"must be positive, got {f.beta}"),
             ("finetune.epochs", f.epochs >= 0, f"must be >= 0, got {f.epochs}"),
+            ("train.init_from", not self.train.init_from, "fine-tuning starts from finetune.base; leave it empty"),
             ("data.train", bool(d.train), "is empty: name a jsonl file of conversations"),
             ("data.seq_len", d.seq_len >= 2, f"must be at least 2, got {d.seq_len}"),
             *super().checks(),

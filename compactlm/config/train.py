@@ -28,6 +28,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 KERNEL_MODES = ("auto", "eager", "compile")
 PARALLELISMS = ("auto", "fsdp", "ddp", "none")
 CHECKPOINT_FORMATS = ("auto", "full", "sharded")
+SCHEDULES = ("cosine", "wsd")
+DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
 
 
 @dataclass
@@ -77,6 +79,10 @@ class OptimSection:
     eps: float = 1e-8  # AdamW epsilon
     weight_decay: float = 0.1  # decoupled weight decay on matrices (none on norm gains)
     grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+    # cosine (warm-up, cosine to min_lr over the run) | wsd (warm-up, stable at lr, decay to min_lr at the end)
+    schedule: str = field(default="cosine", metadata=ADDED_LATER)
+    decay_fraction: float = field(default=0.2, metadata=ADDED_LATER)  # wsd: the share of the run spent decaying
+    decay_shape: str = field(default="1-sqrt", metadata=ADDED_LATER)  # wsd: linear | cosine | 1-sqrt
 
 
 @dataclass
@@ -86,7 +92,7 @@ class TrainSection:
     global_batch: int = 1024  # sequences per optimizer step (accumulation = global / (micro x ranks))
     max_steps: int = 0  # optimizer steps; 0: derived from max_tokens
     max_tokens: int = 0  # tokens to train on, when max_steps is 0
-    lr_decay_steps: int = 0  # length of warm-up + cosine; 0: max_steps
+    lr_decay_steps: int = 0  # length of the schedule (warm-up + cosine, or all of WSD); 0: max_steps
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with native bf16), bf16, fp32
     # auto | eager | compile (compactlm.train.runtime.apply_kernels)
     kernels: str = field(default="auto", metadata=NO_RESULT_CHANGE)
@@ -95,6 +101,11 @@ class TrainSection:
     parallelism: str = "auto"  # several ranks: fsdp (auto) or ddp; one process: none
     checkpoint_format: str = "auto"  # full (one process: auto) | sharded (several ranks: auto)
     async_checkpoint: bool = True  # sharded checkpoints are written in the background while training goes on
+    # start from another run's checkpoint: weights, optimizer, step, RNG and data position (a WSD cooldown
+    # branch: the same data and batch, another train.max_steps)
+    init_from: str = field(default="", metadata=ADDED_LATER)
+    # with init_from: the weights only, with a fresh optimizer, schedule and data (continued pretraining)
+    init_weights_only: bool = field(default=False, metadata=ADDED_LATER)
 
 
 @dataclass
@@ -128,6 +139,10 @@ class RunSettings:
             ("optim.eps", o.eps > 0, f"must be positive, got {o.eps}"),
             ("optim.weight_decay", o.weight_decay >= 0, f"must be >= 0, got {o.weight_decay}"),
             ("optim.grad_clip", o.grad_clip >= 0, f"must be >= 0 (0: no clipping), got {o.grad_clip}"),
+            ("optim.schedule", o.schedule in SCHEDULES, f"{o.schedule!r}: choose {', '.join(SCHEDULES)}"),
+            ("optim.decay_fraction", 0 < o.decay_fraction <= 1, f"must be in (0, 1], got {o.decay_fraction}"),
+            ("optim.decay_shape", o.decay_shape in DECAY_SHAPES, f"{o.decay_shape!r}: choose {', '.join(DECAY_SHAPES)}"),
+            ("train.init_weights_only", t.init_from or not t.init_weights_only, "needs train.init_from"),
             ("train.micro_batch", t.micro_batch >= 1, f"must be at least 1, got {t.micro_batch}"),
             ("train.global_batch", t.global_batch >= 1, f"must be at least 1, got {t.global_batch}"),
             ("train.max_steps", t.max_steps >= 0, f"must be >= 0 (0: derived from train.max_tokens), got {t.max_steps}"),
@@ -228,6 +243,15 @@ def resolve_run(config: TrainConfig, world_size: int = 1, vocab_size: int | None
     return ResolvedRun(model=model, tokenizer_path=path, tokenizer=tokenizer, world_size=world_size,
                        accumulation=accumulation(train, world_size), max_steps=max_steps,
                        decay_steps=train.lr_decay_steps or max_steps, tokens_per_step=tokens_per_step)
+
+
+def checkpoint_format(name: str, parallelism: str) -> str:
+    """full or sharded: auto is sharded under FSDP (no rank holds the whole model), else full."""
+    if name not in CHECKPOINT_FORMATS:
+        raise ConfigError(f"train.checkpoint_format {name!r}: choose one of {', '.join(CHECKPOINT_FORMATS)}")
+    if name == "auto":
+        return "sharded" if parallelism == "fsdp" else "full"
+    return name
 
 
 def accumulation(train: TrainSection, world_size: int) -> int:

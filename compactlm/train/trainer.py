@@ -26,26 +26,21 @@ import yaml
 from safetensors.torch import save_file
 
 from compactlm.checkpoint import layout
-from compactlm.checkpoint.io import atomic_directory, publish_directory, safetensors_shapes
-from compactlm.checkpoint.model import build_model, check_tensors, write_model_files
-from compactlm.checkpoint.training import (full_state, load_training_state, read_train_state, save_sharded,
-                                           write_train_state)
+from compactlm.checkpoint.io import atomic_directory, publish_directory
+from compactlm.checkpoint.model import build_model, write_model_files
+from compactlm.checkpoint.training import full_state, save_sharded, write_train_state
 from compactlm.config.loader import to_dict
 from compactlm.config.model import ModelConfig
-from compactlm.config.train import CHECKPOINT_FORMATS, TrainConfig, resolve_run
-from compactlm.errors import CompactlmError, ConfigError
+from compactlm.config.train import TrainConfig, checkpoint_format, resolve_run
 from compactlm.train import metrics as metrics_file
 from compactlm.train.distributed import (barrier, clip_grad_norm, close_distributed, gradient_sync, init_distributed,
                                          parallelize, resolve_parallelism)
 from compactlm.train.objective import Pretraining, to_device
 from compactlm.train.optim import lr_at, make_optimizer, set_lr
+from compactlm.train.restore import Restoring, TrainingError
 from compactlm.train.run_dir import claim
 from compactlm.train.runtime import (apply_kernels, autocast, autocast_dtype, device_peak_flops, peak_memory,
                                      resolve_device)
-
-
-class TrainingError(CompactlmError):
-    pass
 
 
 class Interrupted(TrainingError):
@@ -59,19 +54,11 @@ class Interrupted(TrainingError):
         return type(self), (str(self), self.exit_code - 128)
 
 
-def resolve_checkpoint_format(name: str, parallelism: str) -> str:
-    if name not in CHECKPOINT_FORMATS:
-        raise ConfigError(f"train.checkpoint_format {name!r}: choose one of {', '.join(CHECKPOINT_FORMATS)}")
-    if name == "auto":
-        return "sharded" if parallelism == "fsdp" else "full"
-    return name
-
-
 def _silent(*args, **kwargs) -> None:
     pass
 
 
-class Trainer:
+class Trainer(Restoring):
     """The training loop every objective shares. Subclasses change what is trained (fine-tuning:
     compactlm.finetune.trainer) through the hooks `_resolve`, `_make_objective`, `_make_module`,
     `_write_weights` and `_load_state`; the loop, checkpoints, resume and metrics stay this class's."""
@@ -84,7 +71,7 @@ class Trainer:
         self.device = resolve_device(config.device, self.world.local_rank)
         self.amp_dtype = autocast_dtype(config.train.precision, self.device)
         self.parallelism = resolve_parallelism(config.train.parallelism, self.world_size)
-        self.checkpoint_format = resolve_checkpoint_format(config.train.checkpoint_format, self.parallelism)
+        self.checkpoint_format = checkpoint_format(config.train.checkpoint_format, self.parallelism)
         if not self.world.is_main:
             self.console = _silent
         self._stop_signal: int | None = None
@@ -114,8 +101,9 @@ class Trainer:
         self.validator = self.objective.validator(config.eval_samples, config.train.micro_batch, self.device,
                                                   self.amp_dtype)
         self.step, self.tokens_seen, self.nonfinite_total, self.nonfinite_run = 0, 0, 0, 0
-        if resume:
-            self._resume()
+        resumed = self._resume() if resume else False
+        if not resumed and config.train.init_from:
+            self._init_from(Path(config.train.init_from))
         self._write_resolved_config()
 
     # ---- setup ----------------------------------------------------------------------------------
@@ -152,44 +140,6 @@ class Trainer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / layout.RUN_CONFIG).write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
-
-    # ---- resume ---------------------------------------------------------------------------------
-    def _resume(self) -> None:
-        if self.world.is_main:
-            layout.remove_leftovers(self.run_dir)  # writes killed before their rename
-        barrier(self.world)
-        path = layout.latest_checkpoint(self.run_dir)
-        if path is None:
-            if self.world.is_main:
-                metrics_file.truncate_metrics(self.run_dir, 0)  # a start killed before its first checkpoint
-            self.console(f"no checkpoint in {self.run_dir / layout.CHECKPOINTS_DIR}: starting from scratch")
-            return
-        saved = ModelConfig.load(path)
-        if saved != self.model_config:
-            diff = [f"{f}: {getattr(saved, f)} -> {getattr(self.model_config, f)}"
-                    for f in saved.to_dict() if getattr(saved, f) != getattr(self.model_config, f)]
-            raise TrainingError(f"{path}: checkpoint model config differs from this run's ({'; '.join(diff)})")
-        state = read_train_state(path)
-        next_index = self.objective.check_state(state["data"], str(path / layout.STATE_FILE))
-        # The global data stream depends on global_batch only: any number of ranks continues it.
-        self._load_state(path, state)
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.nonfinite_total, self.nonfinite_run = state["nonfinite_total"], state["nonfinite_run"]
-        torch.set_rng_state(state["rng_cpu"])
-        if self.device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-        if next_index != self.step * self.config.train.global_batch:
-            raise TrainingError(f"{path}: data index {next_index} does not match step {self.step}")
-        if self.world.is_main:
-            metrics_file.truncate_metrics(self.run_dir, self.step)
-        self.console(f"resumed from {path} (step {self.step}, {self.tokens_seen:,} tokens seen"
-                     f"{', sharded checkpoint' if layout.is_sharded(path) else ''})")
-
-    def _load_state(self, path: Path, state: dict) -> None:
-        """Model and optimizer from a checkpoint of this run."""
-        if not layout.is_sharded(path):  # the same one-line tensor report as from_pretrained
-            check_tensors(self.module, safetensors_shapes(path / layout.WEIGHTS_FILE), path / layout.WEIGHTS_FILE)
-        load_training_state(self.model, self.optimizer, path, state.get("optimizer"), self.model_config.tie_embeddings)
 
     # ---- save -----------------------------------------------------------------------------------
     def save_checkpoint(self, final: bool = True) -> Path:
