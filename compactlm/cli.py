@@ -161,6 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     lad.add_argument("--dry-run", action="store_true", help="list the points and their cost, train nothing")
     lad.add_argument("--report-only", action="store_true", help="fit and report the finished points, train nothing")
     lad.set_defaults(func=commands.ladder)
+    ver = sub.add_parser("verdict", help="what over-training buys under a scaling law: TinyLlama's 1.1B x 3T, or yours",
+                         description="Under L(N, D) = E + A/N^alpha + B/D^beta: the predicted loss of N parameters "
+                         "trained on D tokens, the compute-optimal model at the same compute, the compute the "
+                         "optimal frontier needs for the same loss, and with --inference-tokens the cheapest model "
+                         "once generation is paid for (Sardana et al. 2023). Laws: published ones (Hoffmann et al. "
+                         "2022; Besiroglu et al. 2024) or a ladder's own fit (its ladder.json).")
+    ver.add_argument("--law", action="append", default=None, metavar="NAME|LADDER_JSON",
+                     help="hoffmann2022, besiroglu2024, or a ladder.json (repeatable; default: both published laws)")
+    ver.add_argument("--params", type=float, default=1.1e9, help="N, as the law counts parameters (default 1.1e9)")
+    ver.add_argument("--tokens", type=float, default=3e12, help="D, training tokens (default 3e12)")
+    ver.add_argument("--inference-tokens", type=float, default=0.0, metavar="T",
+                     help="tokens to be generated over the model's life (2N FLOPs each), e.g. 1e12")
+    ver.set_defaults(func=commands.verdict)
+
     cfg = sub.add_parser("config", help="show a config's keys: type, value, default and meaning")
     cfg_sub = cfg.add_subparsers(dest="action", required=True)
     show = cfg_sub.add_parser("show", help="every key of a config, resolved with the overrides",

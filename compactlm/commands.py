@@ -145,6 +145,28 @@ def finetune(args) -> None:
     run_finetune(config, resume=args.resume, overwrite=args.overwrite)
 
 
+def verdict(args) -> None:
+    import json
+
+    from compactlm.ladder.fit import LawFit
+    from compactlm.ladder.verdict import PUBLISHED, format_verdict, verdict as law_verdict
+
+    if args.params <= 0 or args.tokens <= 0 or args.inference_tokens < 0:
+        raise ConfigError("--params and --tokens must be positive, --inference-tokens >= 0")
+    for name in args.law or list(PUBLISHED):
+        if name in PUBLISHED:
+            law, source = PUBLISHED[name]
+        else:
+            try:
+                fit = json.loads(Path(name).read_text())["fit"]
+                law = LawFit(**{k: float(fit[k]) for k in ("E", "A", "alpha", "B", "beta")})
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise CompactlmError(f"--law {name}: not {', '.join(PUBLISHED)} nor a ladder.json with a fitted law "
+                                     f"({type(exc).__name__}: {exc})") from None
+            source = f"the law fitted by the ladder in {name} (its N, data and tokenizer)"
+        print(format_verdict(name, source, law_verdict(law, args.params, args.tokens, args.inference_tokens)))
+
+
 def convert(args) -> None:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:

@@ -137,6 +137,14 @@ def test_report_and_plots_are_written(tmp_path):
     assert data["r2"] > 0.98 and len(data["bootstrap"]) == 10
     assert summary["law"]["beta"] == pytest.approx(law.beta, rel=0.15)
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporary files
+    # the verdict: penalties at each budget, and the target under this law and the published ones
+    assert "## The over-training verdict" in text
+    assert [p["C"] for p in data["penalties"]] == config.budgets
+    assert all(0 < r["loss_penalty"] for p in data["penalties"] for r in p["smaller"])
+    assert set(data["verdicts"]) == {"this ladder", "hoffmann2022", "besiroglu2024"}
+    assert data["verdicts"]["hoffmann2022"]["N"] == 1_100_048_384  # published laws count all parameters
+    assert data["verdicts"]["this ladder"]["N"] == 968_976_384  # this one, non-embedding ones
+    assert data["verdicts"]["besiroglu2024"]["inference"]["cheapest"] == "inference-optimal"
 
 
 # ---- the grid on real (tiny) training runs ---------------------------------------------------------

@@ -65,6 +65,7 @@ class FitSection:
     target_vocab: int = 32000  # the target's vocabulary, for its FLOPs per token
     target_seq_len: int = 2048  # the target's context, for its FLOPs per token
     target_tokens: float = 3e12  # what it was trained on (TinyLlama: 3T)
+    inference_tokens: float = 1e12  # tokens it generates over its life, for the inference-aware verdict
 
 
 @dataclass
