@@ -268,3 +268,35 @@ def test_a_changed_recipe_is_not_mixed_with_old_points(tiny_dataset, tmp_path):
     assert plan_points(changed, load_base(changed, path))[0].spec_hash != point.spec_hash
     with pytest.raises(LadderError, match="different config"):
         run_ladder(changed, path, console=lambda *a: None)
+
+
+def test_a_wsd_ladder_trains_one_run_per_size_and_branches_the_other_budgets(tiny_dataset, tmp_path, capsys):
+    """schedule: wsd. Per size, the longest budget is one WSD run; the shorter ones branch from its stable
+    phase at their own decay start and train only their decay: what they compute equals a separate WSD run
+    of their length (tests/test_train_trainer.py checks that bit for bit)."""
+    path = tiny_ladder(tiny_dataset, tmp_path, schedule="wsd", tokens=[1536, 2560, 4096])
+    config = load_ladder_config(path, ["jobs=2", "threads=1"])
+    points = {p.name: p for p in plan_points(config, load_base(config, path))}
+    trunk, branch = points["small-4.1k"], points["small-1.54k"]
+    assert trunk.depends_on is None and branch.depends_on == "small-4.1k"
+    assert (branch.steps, branch.branch_step) == (6, 5)  # the last 20% (1 of 6 steps) decays
+    assert branch.train_config["train"]["init_from"].endswith("small-4.1k/checkpoints/step-00000005")
+    assert trunk.train_config["checkpoint_steps"] == [5, 8]  # 2.56k: 10 steps, decay from 8
+    assert {p.train_config["optim"]["schedule"] for p in points.values()} == {"wsd"}
+    assert {p.train_config["optim"]["warmup_steps"] for p in points.values()} == {1}
+    order = [p.name for p in plan_points(config, load_base(config, path))]
+    assert all(order.index(p.depends_on) < order.index(name) for name, p in points.items() if p.depends_on)
+    assert main(["ladder", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "(branch of small-4.1k at step 5)" in out and "as separate runs" in out
+
+    summary = run_ladder(config, path, console=lambda *a: None)
+    assert summary["finished"] == 6
+    ladder = tmp_path / "ladder" / "points"
+    trained = [json.loads(l)["step"] for l in (ladder / "small-1.54k" / "metrics.jsonl").read_text().splitlines()
+               if "loss" in json.loads(l)]
+    assert trained == [6]  # only its decay
+    trunk_metrics = {json.loads(l)["step"]: json.loads(l) for l in (ladder / "small-4.1k" / "metrics.jsonl")
+                     .read_text().splitlines() if "loss" in json.loads(l)}
+    assert trunk_metrics[5]["lr"] == trunk_metrics[6]["lr"]  # still stable where the branch decays
+    assert (ladder / "small-4.1k" / "checkpoints" / "step-00000005").is_dir()  # branch points are kept

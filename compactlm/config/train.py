@@ -120,6 +120,8 @@ class RunSettings:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     checkpoint_every: int = field(default=1000, metadata=NO_RESULT_CHANGE)  # optimizer steps between checkpoints
+    # further steps to checkpoint at, never deleted by keep_checkpoints (WSD branch points of a ladder)
+    checkpoint_steps: list[int] = field(default_factory=list, metadata=NO_RESULT_CHANGE)
     keep_checkpoints: int = field(default=3, metadata=NO_RESULT_CHANGE)  # newest checkpoints kept on disk
     eval_every: int = field(default=500, metadata=NO_RESULT_CHANGE)  # optimizer steps between validations
     eval_samples: int = field(default=64, metadata=NO_RESULT_CHANGE)  # held-out sequences per validation

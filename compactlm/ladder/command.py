@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 from compactlm.ladder.config import LadderConfig, LadderError, load_ladder_config, resolve_base
-from compactlm.ladder.grid import LOG_FILE, eval_spec, plan_points, point_state, read_result, run_points
+from compactlm.ladder.grid import (LOG_FILE, eval_spec, plan_points, point_state, read_result, run_points,
+                                   trained_flops)
 from compactlm.ladder.report import write_report
 
 
@@ -32,9 +33,12 @@ def dry_run(config: LadderConfig, config_path) -> None:
           f"(N: non-embedding parameters; C: {'flops_per_token x D' if config.flops == 'model' else '6ND'})")
     print(f"{'point':<28}{'N':>12}{'D':>13}{'steps':>7}{'D/N':>8}{'C (FLOPs)':>11}  state")
     for p in points:
+        branch = f" (branch of {p.depends_on} at step {p.branch_step})" if p.depends_on else ""
         print(f"{p.name:<28}{p.n_params:>12,}{p.tokens:>13,}{p.steps:>7}{p.tokens / p.n_params:>8.1f}"
-              f"{p.flops(config.flops):>11.3g}  {point_state(p, evaluation)}")
-    print(f"total {sum(p.flops('model') for p in points):.3g} training FLOPs (flops_per_token x D)")
+              f"{p.flops(config.flops):>11.3g}  {point_state(p, evaluation)}{branch}")
+    spent, separate = sum(trained_flops(p) for p in points), sum(p.flops("model") for p in points)
+    print(f"total {spent:.3g} training FLOPs (flops_per_token x D)"
+          + (f"; {separate:.3g} as separate runs" if spent < separate else ""))
 
 
 def load_base(config: LadderConfig, config_path: str | Path | None):

@@ -90,7 +90,10 @@ class LadderConfig:
     flops: str = "model"  # model: C = flops_per_token(seq_len) x D (head and attention included); 6nd: C = 6 N D
     tokens_per_param: list[float] = field(default_factory=list)  # isoflop: keep points with lo <= D/N <= hi
     min_steps: int = 20  # fewer optimizer steps: refused (grid, ablation) or dropped (isoflop)
-    warmup_fraction: float = 0.05  # warm-up as a share of each run's steps
+    # cosine: a run per point, each decaying over its own steps; wsd: per size one run to the largest
+    # budget (optim.schedule wsd), the smaller budgets cooldown branches of its stable phase (train.init_from)
+    schedule: str = "cosine"
+    warmup_fraction: float = 0.05  # warm-up as a share of each run's steps (wsd: of each size's shortest run)
     checkpoint_every: int = 100  # optimizer steps; a killed point resumes from here
     eval_samples: int = 512  # validation blocks for each point's final loss (the same blocks for all)
     jobs: int = 1  # points trained at once, in separate processes
@@ -134,6 +137,10 @@ class LadderConfig:
             labels = [s.label() for s in self.sizes]
             if len(set(labels)) != len(labels):
                 fail(f"sizes have duplicate names {labels}: give each a name")
+        if self.schedule not in ("cosine", "wsd"):
+            fail(f"schedule {self.schedule!r}: choose cosine (a run per point) or wsd (cooldown branches)")
+        if self.schedule == "wsd" and self.ablation is not None:
+            fail("schedule wsd branches the budgets of a size; an ablation has one budget: use cosine")
         if self.tokens_per_param and (len(self.tokens_per_param) != 2
                                       or not 0 <= self.tokens_per_param[0] < self.tokens_per_param[1]):
             fail(f"tokens_per_param must be [low, high], got {self.tokens_per_param}")

@@ -43,6 +43,8 @@ class Point:
     steps: int
     seq_len: int
     budget: float | None = None  # isoflop: the compute budget this point spends
+    depends_on: str | None = None  # wsd: the size's longest run, whose stable phase this point branches from
+    branch_step: int | None = None  # wsd: the step it branches at (trained: only the steps after it)
     value: typing.Any = None  # ablation: the knob's value
     seed: int | None = None
     train_config: dict = field(default_factory=dict, repr=False)  # the resolved TrainConfig, as a dict
@@ -147,11 +149,46 @@ def plan_points(config: LadderConfig, base, source: str = "ladder config") -> li
                     points.append(point)
         if not points:
             raise LadderError(f"{source}: no isoFLOP point left (all below min_steps or outside tokens_per_param)")
+    if config.schedule == "wsd":
+        _branch_wsd(points)
     names = [p.name for p in points]
     if len(set(names)) != len(names):
         raise LadderError(f"{source}: points share names ({', '.join(sorted({n for n in names if names.count(n) > 1}))})"
                           "; give the sizes distinct names or use budgets further apart")
-    return sorted(points, key=lambda p: -p.flops())  # the longest first: parallel jobs finish together
+    # the longest first (parallel jobs finish together); branches after the runs they branch from
+    return sorted(points, key=lambda p: (p.depends_on is not None, -p.flops()))
+
+
+def _branch_wsd(points: list[Point]) -> None:
+    """Per size, the longest point is one WSD run; every shorter one becomes a cooldown branch of it
+    (Hägele et al. 2024): it starts from that run's checkpoint at its own decay start and trains only its
+    decay, which is step for step what a WSD run of its length would train. All of a size's points share
+    the warm-up (of the shortest point's length) and, until they decay, the learning rate."""
+    from compactlm.config.train import OptimSection
+    from compactlm.train.optim import wsd_decay_start
+
+    by_size: dict[str, list[Point]] = {}
+    for p in points:
+        by_size.setdefault(p.size, []).append(p)
+    for group in by_size.values():
+        group.sort(key=lambda p: p.steps)
+        trunk = group[-1]
+        warmup = group[0].train_config["optim"]["warmup_steps"]
+        for p in group:
+            p.train_config["optim"].update(schedule="wsd", warmup_steps=warmup)
+        trunk_dir = Path(trunk.train_config["run_dir"])
+        for p in group[:-1]:
+            start = wsd_decay_start(OptimSection(**p.train_config["optim"]), p.steps)
+            if start >= p.steps or start < 1:
+                continue  # no stable phase to branch from: trained whole
+            p.depends_on, p.branch_step = trunk.name, start
+            p.train_config["train"]["init_from"] = str(layout.checkpoint_dir(trunk_dir, start))
+            trunk.train_config["checkpoint_steps"] = sorted({*trunk.train_config.get("checkpoint_steps", []), start})
+
+
+def trained_flops(point: Point) -> float:
+    """What training the point costs: all its steps, or a branch's steps after its branch point."""
+    return point.flops("model") * (point.steps - (point.branch_step or 0)) / point.steps
 
 
 # ---- state of a point ------------------------------------------------------------------------------
@@ -274,24 +311,42 @@ def run_points(points: list[Point], config: LadderConfig, evaluation: dict, cons
     threads = config.threads or max(1, (os.cpu_count() or 1) // jobs)
     console(f"training {len(todo)} points, {jobs} at a time, {threads} torch thread(s) each "
             f"(logs: <point>/{LOG_FILE})")
-    payloads = [{"point": {k: v for k, v in dataclasses.asdict(p).items()}, "eval": evaluation, "threads": threads,
-                 "evaluate_only": states[p.name] == "evaluate"} for p in todo]
     failed: list[str] = []
     started = time.perf_counter()
+    # WSD branches start from their size's run: it goes first, and a branch of a failed run is not tried
+    first = [p for p in todo if p.depends_on is None]
+    _run_wave(first, 0, len(todo), states, evaluation, jobs, threads, failed, started, console)
+    branches = [p for p in todo if p.depends_on is not None]
+    for p in [p for p in branches if p.depends_on in failed]:
+        failed.append(p.name)
+        console(f"{p.name}: not trained, {p.depends_on} (the run it branches from) failed")
+    branches = [p for p in branches if p.name not in failed]
+    _run_wave(branches, len(first), len(todo), states, evaluation, jobs, threads, failed, started, console)
+    return failed
+
+
+def _run_wave(todo: list[Point], offset: int, total: int, states: dict, evaluation: dict, jobs: int, threads: int,
+              failed: list[str], started: float, console) -> None:
+    """Train points that do not depend on each other, `jobs` at a time; failures are appended to `failed`."""
+    if not todo:
+        return
+    jobs = min(jobs, len(todo))
+    payloads = [{"point": {k: v for k, v in dataclasses.asdict(p).items()}, "eval": evaluation, "threads": threads,
+                 "evaluate_only": states[p.name] == "evaluate"} for p in todo]
 
     def report(i: int, point: Point, result: dict | None, error: BaseException | None) -> None:
         elapsed = time.perf_counter() - started
         if error is not None:
             failed.append(point.name)
-            console(f"[{i}/{len(todo)}] {point.name}: FAILED ({error}) [{elapsed:.0f} s]")
+            console(f"[{i}/{total}] {point.name}: FAILED ({error}) [{elapsed:.0f} s]")
         else:
             how = {"resume": " (resumed)", "evaluate": " (re-evaluated)"}.get(states[point.name], "")
-            console(f"[{i}/{len(todo)}] {point.name}{how}: N {point.n_params:,}, D {point.tokens:,}: "
+            console(f"[{i}/{total}] {point.name}{how}: N {point.n_params:,}, D {point.tokens:,}: "
                     f"val loss {result['val_loss']:.4f} in {result['seconds']:.0f} s [{elapsed:.0f} s]")
 
     if jobs == 1:
-        for i, (point, payload) in enumerate(zip(todo, payloads), 1):
-            console(f"[{i}/{len(todo)}] {point.name}: {states[point.name]}, {point.steps} steps ...")
+        for i, (point, payload) in enumerate(zip(todo, payloads), offset + 1):
+            console(f"[{i}/{total}] {point.name}: {states[point.name]}, {point.steps} steps ...")
             try:
                 result = run_point(payload)
             except CompactlmError as exc:
@@ -300,12 +355,12 @@ def run_points(points: list[Point], config: LadderConfig, evaluation: dict, cons
                 report(i, point, None, exc)
                 continue
             report(i, point, result, None)
-        return failed
+        return
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
         futures = {pool.submit(run_point, payload): point for point, payload in zip(todo, payloads)}
         try:
-            for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            for i, future in enumerate(concurrent.futures.as_completed(futures), offset + 1):
                 error = future.exception()
                 if error is not None and (not isinstance(error, CompactlmError) or _interrupted(error)):
                     raise error
@@ -313,7 +368,6 @@ def run_points(points: list[Point], config: LadderConfig, evaluation: dict, cons
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-    return failed
 
 
 def _interrupted(exc: BaseException) -> bool:

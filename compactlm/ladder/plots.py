@@ -130,9 +130,12 @@ def plot_extrapolation(law, boots, flops, target: dict, name: str, confidence: f
     rule = 20 * target["N"]  # Chinchilla's rule of thumb, for reference
     d = np.logspace(math.log10(min(target["D_opt"], rule)) - 1.0, math.log10(max(target["D"], target["D_opt"])) + 0.7, 120)
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    ax.plot(d, law.predict(target["N"], d), color="tab:blue", label=f"predicted L({name}, D)")
-    if boots:
-        curves = np.array([b.predict(target["N"], d) for b in boots])
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # degenerate laws overflow: left out
+        y = law.predict(target["N"], d)
+        ax.plot(d, np.where(np.isfinite(y), y, np.nan), color="tab:blue", label=f"predicted L({name}, D)")
+        curves = np.array([b.predict(target["N"], d) for b in boots]) if boots else np.empty((0, len(d)))
+    curves = curves[np.isfinite(curves).all(axis=1) & (np.abs(curves) < 1e6).all(axis=1)]
+    if len(curves):
         tail = (1 - confidence) / 2 * 100
         low, high = np.percentile(curves, [tail, 100 - tail], axis=0)
         ax.fill_between(d, low, high, color="tab:blue", alpha=0.2, label=f"{confidence:.0%} bootstrap band")

@@ -326,7 +326,10 @@ def _target_section(config, law, boots, flops, rows, plot, data, conf) -> list[s
           "corpus); only the shape of the trade-off (tokens per parameter, loss drops, compute ratios) carries "
           "over, and even that holds only if the exponents stay constant over the whole range, which "
           "nothing here tests. The intervals show the statistical uncertainty of the fit alone.\n"]
-    plot("extrapolation", plot_extrapolation, law, boots, flops, main, fit_cfg.target, conf)
+    if all(math.isfinite(main[k]) for k in ("D_opt", "loss_star", "N_star")) and main["D_opt"] < 1e40:
+        plot("extrapolation", plot_extrapolation, law, boots, flops, main, fit_cfg.target, conf)
+    else:  # a degenerate fit (too few or too noisy points) has no optimum to draw
+        md.append("\nNo extrapolation plot: this fit's compute-optimal point is not finite.\n")
     return md
 
 

@@ -203,8 +203,10 @@ class Trainer(Restoring):
             self._drop_old_checkpoints()
 
     def _drop_old_checkpoints(self) -> None:
+        kept = set(self.config.checkpoint_steps)
         for old in layout.complete_checkpoints(self.run_dir)[:-self.config.keep_checkpoints or None]:
-            shutil.rmtree(old, ignore_errors=True)
+            if layout.step_of(old) not in kept:
+                shutil.rmtree(old, ignore_errors=True)
 
     def close(self) -> None:
         """Release the run directory (also done at the end of `fit`)."""
@@ -249,7 +251,8 @@ class Trainer(Restoring):
                     self.console(self._step_line(record, elapsed / (self.step - first_step)))
                 if self.step % cfg.eval_every == 0 or self.step == self.max_steps:
                     last = {**last, **self._log_validation(metrics)}
-                if self.step % cfg.checkpoint_every == 0 and self.step != self.max_steps:
+                if ((self.step % cfg.checkpoint_every == 0 or self.step in cfg.checkpoint_steps)
+                        and self.step != self.max_steps):
                     self.save_checkpoint(final=False)
                 if self._stop_requested:
                     path = self.save_checkpoint()
