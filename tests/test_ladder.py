@@ -145,6 +145,8 @@ def test_report_and_plots_are_written(tmp_path):
     assert data["verdicts"]["hoffmann2022"]["N"] == 1_100_048_384  # published laws count all parameters
     assert data["verdicts"]["this ladder"]["N"] == 968_976_384  # this one, non-embedding ones
     assert data["verdicts"]["besiroglu2024"]["inference"]["cheapest"] == "inference-optimal"
+    # the law is fitted with all parameters too (here 500k more than N at every size)
+    assert data["fit_total_params"]["embedding_share"] > 0 and "With N = all parameters" in text
 
 
 # ---- the grid on real (tiny) training runs ---------------------------------------------------------
@@ -300,3 +302,27 @@ def test_a_wsd_ladder_trains_one_run_per_size_and_branches_the_other_budgets(tin
                      .read_text().splitlines() if "loss" in json.loads(l)}
     assert trunk_metrics[5]["lr"] == trunk_metrics[6]["lr"]  # still stable where the branch decays
     assert (ladder / "small-4.1k" / "checkpoints" / "step-00000005").is_dir()  # branch points are kept
+
+
+def test_a_learning_rate_sweep_per_size_sets_each_sizes_rate(tiny_dataset, tmp_path):
+    path = tiny_ladder(tiny_dataset, tmp_path, lr_sweep=[3e-4, 3e-3, 3e-2], lr_sweep_tokens=1024,
+                       tokens=[1536, 2560, 3584])
+    config = load_ladder_config(path, ["jobs=2", "threads=1"])
+    sweep = plan_points(config, load_base(config, path), sweep=True)
+    assert sorted(p.name for p in sweep) == sorted(f"sweep-{s}-lr{lr:g}" for s in ("small", "tiny")
+                                                   for lr in (3e-4, 3e-3, 3e-2))
+    assert {p.steps for p in sweep} == {4}
+    assert [p.train_config["optim"]["min_lr"] / p.value for p in sweep] == pytest.approx([0.1] * 6)  # the base's ratio
+    summary = run_ladder(config, path, console=lambda *a: None)
+    assert summary["finished"] == 6
+    data = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
+    for size in ("tiny", "small"):
+        entry = data["lr_sweep"][size]
+        losses = {float(lr): loss for lr, loss in entry["losses"].items()}
+        assert entry["chosen"] == min(losses, key=losses.get) and len(losses) == 3
+        assert entry["at_edge"] == (entry["chosen"] in (3e-4, 3e-2))
+        for point in data["points"]:
+            if point["size"] == size:
+                config_used = yaml.safe_load((tmp_path / "ladder" / "points" / point["name"] / "config.yaml").read_text())
+                assert config_used["optim"]["lr"] == pytest.approx(entry["chosen"])
+    assert "## Learning rate per size" in (tmp_path / "ladder" / "ladder.md").read_text()

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 from compactlm.ladder.config import LadderConfig, LadderError, load_ladder_config, resolve_base
-from compactlm.ladder.grid import (LOG_FILE, eval_spec, plan_points, point_state, read_result, run_points,
-                                   trained_flops)
+from compactlm.ladder.grid import (LOG_FILE, best_learning_rates, eval_spec, plan_points, point_state, read_result,
+                                   run_points, trained_flops)
 from compactlm.ladder.report import write_report
 
 
@@ -28,6 +28,10 @@ def run(args) -> None:
 def dry_run(config: LadderConfig, config_path) -> None:
     base = load_base(config, config_path)
     points = plan_points(config, base, config_path)
+    if config.lr_sweep:
+        print(f"learning-rate sweep first ({len(config.lr_sweep)} rates per size); the study's points below show "
+              "the base config's rate until the sweep has chosen each size's")
+        points = plan_points(config, base, config_path, sweep=True) + points
     evaluation = eval_spec(config, base)
     print(f"{config.mode} study, {len(points)} points -> {config.out_dir}/points "
           f"(N: non-embedding parameters; C: {'flops_per_token x D' if config.flops == 'model' else '6ND'})")
@@ -51,17 +55,32 @@ def run_ladder(config: LadderConfig, config_path: str | Path | None = None, cons
                report: bool = True) -> dict:
     """Plan, train the unfinished points, fit and write the report; returns the report's data."""
     base = load_base(config, config_path)
-    points = plan_points(config, base, str(config_path or "ladder config"))
+    source = str(config_path or "ladder config")
     evaluation = eval_spec(config, base)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    failed = run_points(points, config, evaluation, console) if train_points else []
+    failed, sweeps = [], None
+    if config.lr_sweep:  # first each size's learning rate, then the study at those rates
+        sweep = plan_points(config, base, source, sweep=True)
+        failed += run_points(sweep, config, evaluation, console) if train_points else []
+        sweeps = best_learning_rates(config, sweep, {p.name: r for p in sweep if (r := read_result(p)) is not None
+                                                     and r.get("spec_hash") == p.spec_hash})
+        for size, entry in sweeps.items():
+            console(f"{size}: learning rate {entry['chosen']:g} (val loss {entry['losses'][entry['chosen']]:.4f})"
+                    + (" AT THE EDGE of the sweep: widen lr_sweep" if entry["at_edge"] else ""))
+        missing = [s.label() for s in config.sizes if s.label() not in sweeps]
+        if missing:
+            raise LadderError(f"the learning-rate sweep has no finished run for {', '.join(missing)}; re-run to "
+                              "finish it (or drop lr_sweep)")
+    points = plan_points(config, base, source, {k: v["chosen"] for k, v in (sweeps or {}).items()})
+    failed += run_points(points, config, evaluation, console) if train_points else []
     results = {p.name: r for p in points if (r := read_result(p)) is not None and r.get("spec_hash") == p.spec_hash}
     summary = {"points": len(points), "finished": len(results), "failed": failed,
                "seconds": time.perf_counter() - started}
     if report:
-        summary.update(write_report(config, points, results, out, config_path=config_path, console=console))
+        summary.update(write_report(config, points, results, out, config_path=config_path, console=console,
+                                    lr_sweeps=sweeps))
     if failed:
         raise LadderError(f"{len(failed)} point(s) failed: {', '.join(failed)} (see their {LOG_FILE}); "
                           "re-run the same command to resume them")

@@ -94,6 +94,10 @@ class LadderConfig:
     # budget (optim.schedule wsd), the smaller budgets cooldown branches of its stable phase (train.init_from)
     schedule: str = "cosine"
     warmup_fraction: float = 0.05  # warm-up as a share of each run's steps (wsd: of each size's shortest run)
+    # peak learning rates tried for every size in short runs first; each size's points then use its best
+    # (optim.min_lr keeps its ratio to optim.lr). Empty: the base config's lr for every size
+    lr_sweep: list[float] = field(default_factory=list)
+    lr_sweep_tokens: float = 0.0  # tokens of each sweep run (0: the smallest token budget of the study)
     checkpoint_every: int = 100  # optimizer steps; a killed point resumes from here
     eval_samples: int = 512  # validation blocks for each point's final loss (the same blocks for all)
     jobs: int = 1  # points trained at once, in separate processes
@@ -137,6 +141,9 @@ class LadderConfig:
             labels = [s.label() for s in self.sizes]
             if len(set(labels)) != len(labels):
                 fail(f"sizes have duplicate names {labels}: give each a name")
+        if self.lr_sweep and (len(self.lr_sweep) < 3 or min(self.lr_sweep) <= 0 or self.ablation is not None):
+            fail("lr_sweep needs at least three positive learning rates (so the best can be seen not to sit at an "
+                 "edge), and no ablation")
         if self.schedule not in ("cosine", "wsd"):
             fail(f"schedule {self.schedule!r}: choose cosine (a run per point) or wsd (cooldown branches)")
         if self.schedule == "wsd" and self.ablation is not None:

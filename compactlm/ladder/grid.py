@@ -86,8 +86,10 @@ def _value_label(value) -> str:
     return "".join(c if c.isalnum() or c in ".-_+" else "_" for c in text).strip("_") or "value"
 
 
-def plan_points(config: LadderConfig, base, source: str = "ladder config") -> list[Point]:
-    """The points of a study, in the order they are run (cheapest first)."""
+def plan_points(config: LadderConfig, base, source: str = "ladder config", lr_by_size: dict | None = None,
+                sweep: bool = False) -> list[Point]:
+    """The points of a study, in the order they are run (the longest first). lr_by_size: each size's peak
+    learning rate (from the sweep); sweep: the learning-rate sweep's points instead of the study's."""
     base_dict = to_dict(base)
     out = Path(config.out_dir)
 
@@ -96,6 +98,10 @@ def plan_points(config: LadderConfig, base, source: str = "ladder config") -> li
         data = json.loads(json.dumps(base_dict))
         if size is not None:
             data["model"].update(size.shape())
+            lr = (lr_by_size or {}).get(label)
+            if lr is not None:
+                changes = {"optim.lr": lr, "optim.min_lr": data["optim"]["min_lr"] * lr / data["optim"]["lr"],
+                           **changes}
         for key, val in changes.items():
             _set_key(data, key, val, source)
         seq_len = data["data"]["seq_len"]
@@ -121,6 +127,16 @@ def plan_points(config: LadderConfig, base, source: str = "ladder config") -> li
                      seq_len=seq_len, budget=budget, value=value, seed=seed, train_config=to_dict(train_config))
 
     points: list[Point] = []
+    if sweep:
+        tokens = config.lr_sweep_tokens or min(config.tokens or [
+            budget / make(f"{size.label()}-probe", size, 1e30, size.label(), {}).flops_per_token
+            for size in config.sizes for budget in config.budgets])
+        for size in config.sizes:
+            for lr in config.lr_sweep:
+                min_lr = base.optim.min_lr * lr / base.optim.lr
+                points.append(make(f"sweep-{size.label()}-lr{lr:g}", size, tokens, size.label(),
+                                   {"optim.lr": lr, "optim.min_lr": min_lr}, value=lr))
+        return sorted(points, key=lambda p: -p.flops())
     if config.mode == "ablation":
         a = config.ablation
         labels = a.labels or [_value_label(v) for v in a.values]
@@ -184,6 +200,20 @@ def _branch_wsd(points: list[Point]) -> None:
             p.depends_on, p.branch_step = trunk.name, start
             p.train_config["train"]["init_from"] = str(layout.checkpoint_dir(trunk_dir, start))
             trunk.train_config["checkpoint_steps"] = sorted({*trunk.train_config.get("checkpoint_steps", []), start})
+
+
+def best_learning_rates(config: LadderConfig, points: list[Point], results: dict[str, dict]) -> dict:
+    """Each size's sweep: {size: {"losses": {lr: val loss}, "chosen": lr, "at_edge": bool}}; a size
+    with no finished sweep run is left out."""
+    sweeps: dict[str, dict] = {}
+    for p in points:
+        if p.name in results:
+            sweeps.setdefault(p.size, {"losses": {}})["losses"][p.value] = results[p.name]["val_loss"]
+    for entry in sweeps.values():
+        lrs = sorted(entry["losses"])
+        entry["chosen"] = min(lrs, key=lambda lr: entry["losses"][lr])
+        entry["at_edge"] = entry["chosen"] in (min(config.lr_sweep), max(config.lr_sweep))
+    return sweeps
 
 
 def trained_flops(point: Point) -> float:

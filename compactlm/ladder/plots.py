@@ -167,3 +167,9 @@ def plot_ablation(groups: list[tuple[str, list[float]]], knob: str, out: Path) -
     ax.set_title(f"ablation of {knob}: seeds (dots), mean ± std (squares)")
     ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, out)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

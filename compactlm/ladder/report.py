@@ -12,8 +12,9 @@ from compactlm.fileio import atomic_write
 from compactlm.ladder import fit as F
 from compactlm.ladder.config import LadderConfig
 from compactlm.ladder.grid import Point
-from compactlm.ladder.plots import (count, num, plot_ablation, plot_extrapolation, plot_isoflop, plot_law_fit,
-                                    plot_loss_vs_tokens, plot_residuals)
+from compactlm.ladder.plots import (count, markdown_table, num, plot_ablation, plot_extrapolation, plot_isoflop,
+                                     plot_law_fit, plot_loss_vs_tokens, plot_residuals)
+from compactlm.ladder.verdict import verdict_section
 
 PLOTS = {"loss_vs_tokens": "loss_vs_tokens.png", "isoflop": "isoflop.png", "law_fit": "law_fit.png",
          "residuals": "residuals.png", "extrapolation": "extrapolation.png", "ablation": "ablation.png"}
@@ -22,12 +23,6 @@ PLOTS = {"loss_vs_tokens": "loss_vs_tokens.png", "isoflop": "isoflop.png", "law_
 def _ci(values, confidence: float, fmt=num) -> str:
     low, high = F.interval(values, confidence)
     return f"[{fmt(low)}, {fmt(high)}]" if np.isfinite(low) else "n/a"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 # ---- analysis -----------------------------------------------------------------------------------
@@ -49,7 +44,7 @@ def flops_curve(config: LadderConfig, rows: list[dict]) -> F.FlopsCurve:
     return F.FlopsCurve(anchors)
 
 
-def ablation_table(rows: list[dict], labels: list[str], confidence: float = 0.95) -> tuple[list, list]:
+def ablationmarkdown_table(rows: list[dict], labels: list[str], confidence: float = 0.95) -> tuple[list, list]:
     from scipy import stats
 
     groups = [(label, [r["val_loss"] for r in rows if r["size"] == label]) for label in labels]
@@ -69,7 +64,7 @@ def ablation_table(rows: list[dict], labels: list[str], confidence: float = 0.95
 
 # ---- the report -----------------------------------------------------------------------------------
 def write_report(config: LadderConfig, points: list[Point], results: dict[str, dict], out: Path,
-                 config_path=None, console=print) -> dict:
+                 config_path=None, console=print, lr_sweeps: dict | None = None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [results[p.name] for p in points if p.name in results]
@@ -92,6 +87,9 @@ def write_report(config: LadderConfig, points: list[Point], results: dict[str, d
         figures[key] = fn(*args, out / PLOTS[key])
         written.append(PLOTS[key])
 
+    if lr_sweeps:
+        data["lr_sweep"] = lr_sweeps
+        md += _sweep_section(config, lr_sweeps)
     law = None
     if rows and config.mode != "ablation":
         md += ["## Points\n"]
@@ -101,7 +99,7 @@ def write_report(config: LadderConfig, points: list[Point], results: dict[str, d
         md += _scaling_sections(config, rows, plot, data, conf)
         law = data.get("law")
     else:
-        md.append(_points_table(rows, None))
+        md.append(_pointsmarkdown_table(rows, None))
         md.append(f"\nToo few finished points to fit ({len(rows)}; 5 parameters need at least 5).\n")
         if rows:
             plot("loss_vs_tokens", plot_loss_vs_tokens, rows, None)
@@ -115,6 +113,37 @@ def write_report(config: LadderConfig, points: list[Point], results: dict[str, d
             "law": law.as_dict() if law is not None else None}
 
 
+def _total_params_fit(rows: list[dict], D, L, fit_cfg, data: dict) -> str:
+    """The same fit with N = all parameters (embedding and head included), as Hoffmann et al. counted them:
+    the law above counts non-embedding ones, which Kaplan et al. found to give cleaner power laws; where
+    the embedding is a large share of a small model, the two disagree (Pearce and Song 2024)."""
+    total = np.array([r["total_params"] for r in rows], float)
+    law = F.fit_law(total, D, L, fit_cfg.huber_delta, fit_cfg.starts)
+    predicted = law.predict(total, D)
+    rms = float(np.sqrt(np.mean((L / predicted - 1) ** 2)))
+    share = float(np.mean([1 - r["n_params"] / r["total_params"] for r in rows]))
+    data["fit_total_params"] = {**law.as_dict(), "r2": F.r_squared(L, predicted), "rms_residual": rms,
+                                "embedding_share": share}
+    return (f"\nWith N = all parameters instead (embedding and head: {100 * share:.0f}% of them on average here): "
+            f"alpha {law.alpha:.3f}, beta {law.beta:.3f}, E {law.E:.3f}, a = {law.a:.3f}; R² "
+            f"{data['fit_total_params']['r2']:.4f}, residual RMS {100 * rms:.2f}%. The law above (non-embedding N) is "
+            "the one used below.\n")
+
+
+def _sweep_section(config: LadderConfig, sweeps: dict) -> list[str]:
+    lrs = sorted(config.lr_sweep)
+    body = [[size, *(f"**{e['losses'][lr]:.4f}**" if lr == e["chosen"] else
+                     f"{e['losses'][lr]:.4f}" if lr in e["losses"] else "-" for lr in lrs),
+             f"{e['chosen']:g}" + (" (at the edge)" if e["at_edge"] else "")] for size, e in sweeps.items()]
+    edge = [s for s, e in sweeps.items() if e["at_edge"]]
+    return ["## Learning rate per size\n",
+            f"Short runs ({count(config.lr_sweep_tokens) if config.lr_sweep_tokens else 'the smallest budget'} "
+            "tokens each) at every peak learning rate; each size's points use its best. "
+            + (f"**At the edge of the sweep for {', '.join(edge)}**: a wider sweep may find a better rate.\n\n"
+               if edge else "Every chosen rate lies inside the sweep.\n\n"),
+            markdown_table(["size", *(f"lr {lr:g}" for lr in lrs), "chosen"], body), ""]
+
+
 def _json_default(x):
     if isinstance(x, F.LawFit):
         return x.as_dict()
@@ -123,7 +152,7 @@ def _json_default(x):
     return str(x)
 
 
-def _points_table(rows: list[dict], law) -> str:
+def _pointsmarkdown_table(rows: list[dict], law) -> str:
     header = ["point", "N", "params (all)", "D", "D/N", "steps", "C (FLOPs)", "val loss", "bits/byte"]
     if law is not None:
         header += ["law", "residual"]
@@ -138,7 +167,7 @@ def _points_table(rows: list[dict], law) -> str:
             row += [f"{predicted:.4f}", f"{100 * (r['val_loss'] / predicted - 1):+.2f}%"]
         row.append(f"{r['seconds']:.0f} s")
         body.append(row)
-    return _table(header, body)
+    return markdown_table(header, body)
 
 
 def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: dict, conf: float) -> list[str]:
@@ -147,7 +176,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
     left_out = [r["name"] for r in all_rows if r["steps"] < fit_cfg.min_steps]
     data["left_out_of_fits"] = left_out
     if len(rows) < 5:
-        return [_points_table(all_rows, None),
+        return [_pointsmarkdown_table(all_rows, None),
                 f"\nToo few points with at least fit.min_steps {fit_cfg.min_steps} steps to fit ({len(rows)}).\n"]
     N = np.array([r["n_params"] for r in rows], float)
     D = np.array([r["tokens"] for r in rows], float)
@@ -159,7 +188,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
     r2, r2_log = F.r_squared(L, predicted), F.r_squared(np.log(L), np.log(predicted))
     data.update(law=law, fit=law.as_dict(), r2=r2, r2_log=r2_log, rms_residual=float(np.sqrt(np.mean(rel ** 2))),
                 max_residual=float(np.abs(rel).max()), bootstrap=[b.as_dict() for b in boots])
-    md = [_points_table(all_rows, law)]
+    md = [_pointsmarkdown_table(all_rows, law)]
     if left_out:
         md.append(f"\nLeft out of the fits (fewer than fit.min_steps = {fit_cfg.min_steps} optimizer steps): "
                   f"{', '.join(left_out)}.\n")
@@ -170,12 +199,13 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
     params = [("E", "irreducible loss"), ("A", ""), ("alpha", "N exponent"), ("B", ""), ("beta", "D exponent"),
               ("a", "N*(C) ~ C^a, = beta/(alpha+beta)"), ("b", "D*(C) ~ C^b, = alpha/(alpha+beta)")]
     fitted = law.as_dict()
-    md.append(_table(["parameter", "fit", f"{conf:.0%} CI", "meaning"],
+    md.append(markdown_table(["parameter", "fit", f"{conf:.0%} CI", "meaning"],
                      [[k, num(fitted[k], 4), _ci([b.as_dict()[k] for b in boots], conf), meaning]
                       for k, meaning in params]))
     md.append(f"\nQuality: R² {r2:.4f} on the losses ({r2_log:.4f} on log-losses); residuals (measured / predicted - 1): "
               f"RMS {100 * data['rms_residual']:.2f}%, largest {100 * data['max_residual']:.2f}% "
               f"({rows[int(np.abs(rel).argmax())]['name']}). {len(rows)} points for 5 parameters.\n")
+    md.append(_total_params_fit(rows, D, L, fit_cfg, data))
     plot("loss_vs_tokens", plot_loss_vs_tokens, rows, law)
     plot("law_fit", plot_law_fit, rows, law, r2)
     plot("residuals", plot_residuals, rows, law)
@@ -204,7 +234,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
         through = (f"the {window} sizes around each budget's lowest loss" if window else "each budget's points")
         md.append(f"\nApproach 2 (isoFLOP profiles): a parabola in log N through {through}; its vertex "
                   "is N*, and D* = C / FLOPs-per-token(N*). Approach 3's optimum at the same C beside it.\n\n")
-        md.append(_table(["C (FLOPs)", "N* (parabola)", "D*", "L*", "vertex inside the sizes tried",
+        md.append(markdown_table(["C (FLOPs)", "N* (parabola)", "D*", "L*", "vertex inside the sizes tried",
                           "N* (law)", "D* (law)", "L* (law)"], body))
         if np.isfinite(approach2["a"]):
             md.append(f"\nApproach 2 fits: N*(C) ~ C^{approach2['a']:.3f} ({conf:.0%} CI "
@@ -217,60 +247,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
         plot("isoflop", plot_isoflop, groups, approach2, law, flops, window)
 
     md += _target_section(config, law, boots, flops, rows, plot, data, conf)
-    md += _verdict_section(config, law, flops, rows, data)
-    return md
-
-
-def _verdict_section(config: LadderConfig, law, flops, rows: list[dict], data: dict) -> list[str]:
-    """At each compute budget measured, what smaller models trained longer cost; and the target's verdict
-    with inference paid for, under this ladder's law and the published ones (compactlm.ladder.verdict)."""
-    from compactlm.config.model import get_preset
-    from compactlm.ladder.verdict import PUBLISHED, penalties, verdict
-
-    fit_cfg = config.fit
-    # the isoFLOP budgets; in a grid, six of the points' computes from the smallest to the largest
-    budgets = sorted({float(r["budget"]) for r in rows if r.get("budget")})
-    if not budgets:
-        computes = sorted({float(r["flops_model"]) for r in rows})
-        budgets = sorted({computes[round(i * (len(computes) - 1) / 5)] for i in range(6)})
-    table, data["penalties"] = [], []
-    for C in budgets:
-        try:
-            p = penalties(law, C, flops)
-        except (ValueError, ZeroDivisionError, OverflowError, FloatingPointError):
-            continue
-        data["penalties"].append(p)
-        table.append([num(C, 3), count(p["N_star"]), num(p["loss_star"], 4)] +
-                     [f"{r['loss_penalty']:+.4f} ({100 * r['relative_penalty']:+.2f}%), {r['compute_ratio']:.2f}x"
-                      for r in p["smaller"]])
-    target = get_preset(fit_cfg.target, vocab_size=fit_cfg.target_vocab, max_seq_len=fit_cfg.target_seq_len)
-    T = fit_cfg.inference_tokens
-    laws = {"this ladder": (law, float(target.non_embedding_params), "non-embedding", flops)}
-    laws.update({name: (published, float(target.num_params), "total", None) for name, (published, _) in PUBLISHED.items()})
-    data["verdicts"], verdict_rows = {}, []
-    for name, (each, n, counted, curve) in laws.items():
-        try:
-            v = verdict(each, n, fit_cfg.target_tokens, T, curve)
-        except (ValueError, ZeroDivisionError, OverflowError, FloatingPointError) as exc:
-            data["verdicts"][name] = {"error": str(exc)}
-            continue
-        data["verdicts"][name] = {"N_counts": counted, "source": PUBLISHED.get(name, (None, "this ladder's fit"))[1], **v}
-        inf = v.get("inference", {})
-        verdict_rows.append([name, f"{count(n)} ({counted})", num(v["loss"], 4), count(v["N_star"]),
-                             f"{v['loss'] - v['loss_star']:+.4f}", f"{v['compute_ratio']:.2f}x",
-                             count(inf["inference_optimal"]["N"]) if inf else "-", inf.get("cheapest", "-")])
-    md = ["\n## The over-training verdict\n",
-          "Smaller models on the same compute, as this ladder's law predicts them: the loss penalty over the "
-          "compute-optimal loss L*, and the training compute the smaller model needs to reach L* (inf: never).\n\n",
-          _table(["C (FLOPs)", "N*", "L*", *(f"N*/{r['factor']}: penalty, compute to reach L*"
-                                          for r in (data["penalties"][0]["smaller"] if data["penalties"] else []))],
-                 table),
-          f"\n{fit_cfg.target} x {count(fit_cfg.target_tokens)} tokens, then {count(T)} generated tokens (2N FLOPs "
-          "each; Sardana et al. 2023), under this ladder's law and under published laws (Hoffmann et al. 2022, "
-          "approach 3; Besiroglu et al. 2024's refit), which count total parameters (Pearce and Song 2024) and "
-          "were fitted on other data: compare their trade-offs, not their losses.\n\n",
-          _table(["law", "N", "loss", "compute-optimal N* at equal compute", "loss over L*",
-                  "compute over-training spends", "inference-optimal N", "cheapest overall"], verdict_rows)]
+    md += verdict_section(config, law, flops, rows, data)
     return md
 
 
@@ -319,7 +296,7 @@ def _target_section(config, law, boots, flops, rows, plot, data, conf) -> list[s
           f"{fit_cfg.target_vocab}), {target.flops_per_token(fit_cfg.target_seq_len) / 1e9:.2f} GFLOPs per "
           f"training token at context {fit_cfg.target_seq_len}. {len(per_boot)} bootstrap fits for the "
           f"{conf:.0%} intervals.\n\n",
-          _table(["quantity", "law", f"{conf:.0%} CI"], rows_md),
+          markdown_table(["quantity", "law", f"{conf:.0%} CI"], rows_md),
           f"\n**Caveat.** This extrapolates the law {n_ref / n_max:,.0f}x beyond the largest N measured "
           f"({count(n_max)}) and {d_ref / d_max:,.0f}x beyond the largest D ({count(d_max)}). Losses are in "
           "nats on this study's data and tokenizer, not on the target's (E in particular is a property of the "
@@ -338,7 +315,7 @@ def _ablation_section(config: LadderConfig, rows: list[dict], plot, data: dict) 
     labels = list(dict.fromkeys(r["size"] for r in sorted(rows, key=lambda r: _value_order(a, r))))
     if not rows:
         return ["No finished points.\n"]
-    table, groups = ablation_table(rows, labels)
+    table, groups = ablationmarkdown_table(rows, labels)
     data["ablation"] = table
     first = rows[0]
     md = [f"## Ablation of `{a.knob}`\n",
@@ -355,10 +332,10 @@ def _ablation_section(config: LadderConfig, rows: list[dict], plot, data: dict) 
             verdict = "one seed: cannot tell"
         body.append([row["value"], row["n"], f"{row['mean']:.4f} ± {row['std']:.4f}" if row["n"] > 1 else
                      f"{row['mean']:.4f}", f"{row['delta']:+.4f}", verdict])
-    md.append(_table([a.knob, "seeds", "val loss mean ± std", "Δ vs first", "exceeds the seed spread?"], body))
+    md.append(markdown_table([a.knob, "seeds", "val loss mean ± std", "Δ vs first", "exceeds the seed spread?"], body))
     md.append("\nA difference counts as real when it exceeds twice its standard error from the seeds' spread "
               "(Welch); with three seeds that is a rough test — add seeds before trusting a small gap.\n")
-    md.append("\n" + _points_table(rows, None))
+    md.append("\n" + _pointsmarkdown_table(rows, None))
     plot("ablation", plot_ablation, groups, a.knob)
     return md
 

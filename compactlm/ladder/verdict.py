@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from compactlm.ladder.fit import FlopsCurve, LawFit, compute_optimal, target_analysis
+from compactlm.ladder.plots import count, markdown_table, num
 
 PUBLISHED = {
     "hoffmann2022": (LawFit(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28),
@@ -121,3 +122,55 @@ def format_verdict(name: str, source: str, v: dict) -> str:
                   f"tokens/parameter): {io['total_flops']:.3g}",
                   f"    cheapest overall: {inf['cheapest']}"]
     return "\n".join(lines)
+
+
+def verdict_section(config, law, flops, rows: list[dict], data: dict) -> list[str]:
+    """At each compute budget measured, what smaller models trained longer cost; and the target's verdict
+    with inference paid for, under this ladder's law and the published ones (compactlm.ladder.verdict)."""
+    from compactlm.config.model import get_preset
+
+    fit_cfg = config.fit
+    # the isoFLOP budgets; in a grid, six of the points' computes from the smallest to the largest
+    budgets = sorted({float(r["budget"]) for r in rows if r.get("budget")})
+    if not budgets:
+        computes = sorted({float(r["flops_model"]) for r in rows})
+        budgets = sorted({computes[round(i * (len(computes) - 1) / 5)] for i in range(6)})
+    table, data["penalties"] = [], []
+    for C in budgets:
+        try:
+            p = penalties(law, C, flops)
+        except (ValueError, ZeroDivisionError, OverflowError, FloatingPointError):
+            continue
+        data["penalties"].append(p)
+        table.append([num(C, 3), count(p["N_star"]), num(p["loss_star"], 4)] +
+                     [f"{r['loss_penalty']:+.4f} ({100 * r['relative_penalty']:+.2f}%), {r['compute_ratio']:.2f}x"
+                      for r in p["smaller"]])
+    target = get_preset(fit_cfg.target, vocab_size=fit_cfg.target_vocab, max_seq_len=fit_cfg.target_seq_len)
+    T = fit_cfg.inference_tokens
+    laws = {"this ladder": (law, float(target.non_embedding_params), "non-embedding", flops)}
+    laws.update({name: (published, float(target.num_params), "total", None) for name, (published, _) in PUBLISHED.items()})
+    data["verdicts"], verdict_rows = {}, []
+    for name, (each, n, counted, curve) in laws.items():
+        try:
+            v = verdict(each, n, fit_cfg.target_tokens, T, curve)
+        except (ValueError, ZeroDivisionError, OverflowError, FloatingPointError) as exc:
+            data["verdicts"][name] = {"error": str(exc)}
+            continue
+        data["verdicts"][name] = {"N_counts": counted, "source": PUBLISHED.get(name, (None, "this ladder's fit"))[1], **v}
+        inf = v.get("inference", {})
+        verdict_rows.append([name, f"{count(n)} ({counted})", num(v["loss"], 4), count(v["N_star"]),
+                             f"{v['loss'] - v['loss_star']:+.4f}", f"{v['compute_ratio']:.2f}x",
+                             count(inf["inference_optimal"]["N"]) if inf else "-", inf.get("cheapest", "-")])
+    md = ["\n## The over-training verdict\n",
+          "Smaller models on the same compute, as this ladder's law predicts them: the loss penalty over the "
+          "compute-optimal loss L*, and the training compute the smaller model needs to reach L* (inf: never).\n\n",
+          markdown_table(["C (FLOPs)", "N*", "L*", *(f"N*/{r['factor']}: penalty, compute to reach L*"
+                                          for r in (data["penalties"][0]["smaller"] if data["penalties"] else []))],
+                 table),
+          f"\n{fit_cfg.target} x {count(fit_cfg.target_tokens)} tokens, then {count(T)} generated tokens (2N FLOPs "
+          "each; Sardana et al. 2023), under this ladder's law and under published laws (Hoffmann et al. 2022, "
+          "approach 3; Besiroglu et al. 2024's refit), which count total parameters (Pearce and Song 2024) and "
+          "were fitted on other data: compare their trade-offs, not their losses.\n\n",
+          markdown_table(["law", "N", "loss", "compute-optimal N* at equal compute", "loss over L*",
+                  "compute over-training spends", "inference-optimal N", "cheapest overall"], verdict_rows)]
+    return md
