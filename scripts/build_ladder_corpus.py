@@ -305,7 +305,8 @@ def render_sources(stats: dict) -> str:
         f"Natural language {m['natural_language_bytes']:,} bytes, code {m['code_bytes']:,} bytes: "
         f"{m['natural_language_fraction'] * 100:.1f}% natural language by bytes (TinyLlama: 7:3); total "
         f"{m['total_bytes']:,} bytes. Sources skipped (download failed): {skipped}.", "",
-        "Kernel C files by SPDX line: " + ", ".join(f"`{k}` x{n}" for k, n in stats["spdx"].items()) + ".", "",
+        "Kernel C files by SPDX line (top ten; all in `stats.json`): "
+        + ", ".join(f"`{k}` x{n}" for k, n in list(stats["spdx"].items())[:10]) + ".", "",
         "Layout: `slimpajama/train/chunk{1,2}/example_train_N.jsonl.zst` (`text`, `meta.redpajama_set_name`),",
         "`starcoderdata/<language>/train-K-of-N.parquet` (`max_stars_repo_path`, `id`, `content`); per-file counts",
         "in `stats.json`. Code: whole files <= 50 KB, sampled with the seed. Documents over 50 KB are split on",
@@ -384,7 +385,7 @@ def main(argv=None) -> int:
     for docs in (nl, *code.values()):  # every file mixes all sources
         random.Random(rng.random()).shuffle(docs)
     files = write_files(out, nl, code)
-    spdx = collections.Counter((m.group(1).strip() if (m := demo.SPDX_RE.search(d["text"][:2000])) else "none")
+    spdx = collections.Counter(m.group(1).strip() if (m := demo.SPDX_RE.search(d["text"][:2000])) else "no SPDX line"
                                for d in code["c"])
     total = nl_bytes + code_bytes
     stats = {"seed": args.seed, "python": sys.version.split()[0], "skipped": skipped, "sources": sources,

@@ -326,3 +326,39 @@ def test_a_learning_rate_sweep_per_size_sets_each_sizes_rate(tiny_dataset, tmp_p
                 config_used = yaml.safe_load((tmp_path / "ladder" / "points" / point["name"] / "config.yaml").read_text())
                 assert config_used["optim"]["lr"] == pytest.approx(entry["chosen"])
     assert "## Learning rate per size" in (tmp_path / "ladder" / "ladder.md").read_text()
+
+
+def test_held_out_points_are_predicted_before_they_are_trained(tiny_dataset, tmp_path, monkeypatch):
+    path = tiny_ladder(tiny_dataset, tmp_path, tokens=[1024, 1536, 2560],
+                       holdout=[{"name": "wider", "size": {"name": "wide", "n_layer": 2, "d_model": 96, "n_head": 2,
+                                                           "n_kv_head": 1, "ffn_dim": 256}, "tokens": 3072},
+                                {"name": "longer", "size": {"name": "tiny", "n_layer": 1, "d_model": 32, "n_head": 1,
+                                                            "n_kv_head": 1, "ffn_dim": 96}, "tokens": 5120}])
+    config = load_ladder_config(path, ["jobs=1"])
+    predictions = tmp_path / "ladder" / "predictions.json"
+    import compactlm.ladder.grid as grid_module
+
+    seen, real = [], grid_module.run_point
+
+    def watching(payload):  # when a held-out point starts, its prediction is already on disk
+        if payload["point"]["name"].startswith("holdout-"):
+            seen.append(payload["point"]["name"] in json.loads(predictions.read_text())["predictions"])
+        return real(payload)
+
+    monkeypatch.setattr(grid_module, "run_point", watching)
+    run_ladder(config, path, console=lambda *a: None)
+    assert seen == [True, True]
+    first = predictions.read_text()
+    recorded = json.loads(first)
+    assert len(recorded["fitted_points"]) == 6 and not any(n.startswith("holdout") for n in recorded["fitted_points"])
+    data = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
+    held = {p["name"]: p for p in data["holdout"]["points"]}
+    assert set(held) == {"holdout-wider", "holdout-longer"}
+    for p in held.values():
+        assert p["measured"] is not None and p["error"] == pytest.approx(p["predicted"] / p["measured"] - 1)
+    assert held["holdout-wider"]["N_over_largest_fitted"] > 1
+    assert "## Held-out predictions" in (tmp_path / "ladder" / "ladder.md").read_text()
+    # a study extended afterwards reports against the first prediction: it is never rewritten
+    extended = load_ladder_config(path, ["jobs=1", "tokens=[1024, 1536, 2048, 2560]"])
+    run_ladder(extended, path, console=lambda *a: None)
+    assert predictions.read_text() == first

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from compactlm.ladder import holdout as predictions_file
 from compactlm.ladder.config import LadderConfig, LadderError, load_ladder_config, resolve_base
 from compactlm.ladder.grid import (LOG_FILE, best_learning_rates, eval_spec, plan_points, point_state, read_result,
                                    run_points, trained_flops)
@@ -51,6 +52,10 @@ def load_base(config: LadderConfig, config_path: str | Path | None):
     return load_train_config(str(resolve_base(config, config_path)), config.overrides)
 
 
+def _finished(points) -> dict[str, dict]:
+    return {p.name: r for p in points if (r := read_result(p)) is not None and r.get("spec_hash") == p.spec_hash}
+
+
 def run_ladder(config: LadderConfig, config_path: str | Path | None = None, console=print, train_points: bool = True,
                report: bool = True) -> dict:
     """Plan, train the unfinished points, fit and write the report; returns the report's data."""
@@ -64,8 +69,7 @@ def run_ladder(config: LadderConfig, config_path: str | Path | None = None, cons
     if config.lr_sweep:  # first each size's learning rate, then the study at those rates
         sweep = plan_points(config, base, source, sweep=True)
         failed += run_points(sweep, config, evaluation, console) if train_points else []
-        sweeps = best_learning_rates(config, sweep, {p.name: r for p in sweep if (r := read_result(p)) is not None
-                                                     and r.get("spec_hash") == p.spec_hash})
+        sweeps = best_learning_rates(config, sweep, _finished(sweep))
         for size, entry in sweeps.items():
             console(f"{size}: learning rate {entry['chosen']:g} (val loss {entry['losses'][entry['chosen']]:.4f})"
                     + (" AT THE EDGE of the sweep: widen lr_sweep" if entry["at_edge"] else ""))
@@ -73,14 +77,21 @@ def run_ladder(config: LadderConfig, config_path: str | Path | None = None, cons
         if missing:
             raise LadderError(f"the learning-rate sweep has no finished run for {', '.join(missing)}; re-run to "
                               "finish it (or drop lr_sweep)")
-    points = plan_points(config, base, source, {k: v["chosen"] for k, v in (sweeps or {}).items()})
+    lrs = {k: v["chosen"] for k, v in (sweeps or {}).items()}
+    points = plan_points(config, base, source, lrs)
     failed += run_points(points, config, evaluation, console) if train_points else []
-    results = {p.name: r for p in points if (r := read_result(p)) is not None and r.get("spec_hash") == p.spec_hash}
+    results = _finished(points)
+    holdout = None
+    if config.holdout and len(results) >= 5:  # predicted, and the prediction recorded, before they are trained
+        held = plan_points(config, base, source, lrs, holdout=True)
+        predictions = predictions_file.record(out, predictions_file.predict(config, list(results.values()), held))
+        failed += run_points(held, config, evaluation, console) if train_points else []
+        holdout = (predictions, _finished(held))
     summary = {"points": len(points), "finished": len(results), "failed": failed,
                "seconds": time.perf_counter() - started}
     if report:
         summary.update(write_report(config, points, results, out, config_path=config_path, console=console,
-                                    lr_sweeps=sweeps))
+                                    lr_sweeps=sweeps, holdout=holdout))
     if failed:
         raise LadderError(f"{len(failed)} point(s) failed: {', '.join(failed)} (see their {LOG_FILE}); "
                           "re-run the same command to resume them")

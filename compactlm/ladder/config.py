@@ -80,6 +80,17 @@ class AblationSection:
 
 
 @dataclass
+class HoldoutSpec:
+    """A run the law predicts before it is trained (Gadre et al. 2024): e.g. a size larger than any fitted
+    at more compute, or a small size trained far past its compute-optimal tokens."""
+
+    name: str = ""  # the point is holdout-<name>
+    size: SizeSpec = field(default_factory=SizeSpec)  # a preset or shape, as in sizes
+    tokens: float = 0.0  # tokens it trains on
+    lr_from: str = ""  # with lr_sweep: the size whose chosen learning rate it uses (default: the largest size)
+
+
+@dataclass
 class LadderConfig:
     base: str = "configs/demo.yaml"  # the train config every point starts from
     overrides: list[str] = field(default_factory=list)  # KEY=VALUE applied to the base for every point
@@ -104,6 +115,9 @@ class LadderConfig:
     threads: int = 0  # torch threads per job (0: CPU cores / jobs)
     fit: FitSection = field(default_factory=FitSection)  # the scaling-law fit and its target
     ablation: AblationSection | None = None  # an ablation study instead of sizes x tokens or budgets
+    # runs predicted by the law fitted on the study's points, the prediction written (predictions.json) before
+    # they are trained and never rewritten after
+    holdout: list[HoldoutSpec] = field(default_factory=list)
 
     @property
     def mode(self) -> str:
@@ -141,6 +155,10 @@ class LadderConfig:
             labels = [s.label() for s in self.sizes]
             if len(set(labels)) != len(labels):
                 fail(f"sizes have duplicate names {labels}: give each a name")
+        names = [h.name for h in self.holdout]
+        if self.holdout and (self.ablation is not None or not all(names) or len(set(names)) != len(names)
+                             or any(h.tokens <= 0 for h in self.holdout)):
+            fail("holdout: every entry needs a distinct name and positive tokens, and no ablation")
         if self.lr_sweep and (len(self.lr_sweep) < 3 or min(self.lr_sweep) <= 0 or self.ablation is not None):
             fail("lr_sweep needs at least three positive learning rates (so the best can be seen not to sit at an "
                  "edge), and no ablation")

@@ -87,9 +87,10 @@ def _value_label(value) -> str:
 
 
 def plan_points(config: LadderConfig, base, source: str = "ladder config", lr_by_size: dict | None = None,
-                sweep: bool = False) -> list[Point]:
+                sweep: bool = False, holdout: bool = False) -> list[Point]:
     """The points of a study, in the order they are run (the longest first). lr_by_size: each size's peak
-    learning rate (from the sweep); sweep: the learning-rate sweep's points instead of the study's."""
+    learning rate (from the sweep); sweep: the learning-rate sweep's points instead of the study's;
+    holdout: the held-out points (trained whole, with the schedule of the study)."""
     base_dict = to_dict(base)
     out = Path(config.out_dir)
 
@@ -137,6 +138,15 @@ def plan_points(config: LadderConfig, base, source: str = "ladder config", lr_by
                 points.append(make(f"sweep-{size.label()}-lr{lr:g}", size, tokens, size.label(),
                                    {"optim.lr": lr, "optim.min_lr": min_lr}, value=lr))
         return sorted(points, key=lambda p: -p.flops())
+    if holdout:
+        largest = config.sizes[-1].label() if config.sizes else ""
+        for h in config.holdout:
+            lr = (lr_by_size or {}).get(h.lr_from or largest)
+            changes = {"optim.schedule": config.schedule}
+            if lr is not None:
+                changes.update({"optim.lr": lr, "optim.min_lr": base.optim.min_lr * lr / base.optim.lr})
+            points.append(make(f"holdout-{h.name}", h.size, h.tokens, h.size.label(), changes))
+        return points
     if config.mode == "ablation":
         a = config.ablation
         labels = a.labels or [_value_label(v) for v in a.values]

@@ -12,6 +12,7 @@ from compactlm.fileio import atomic_write
 from compactlm.ladder import fit as F
 from compactlm.ladder.config import LadderConfig
 from compactlm.ladder.grid import Point
+from compactlm.ladder.holdout import section as holdout_section
 from compactlm.ladder.plots import (count, markdown_table, num, plot_ablation, plot_extrapolation, plot_isoflop,
                                      plot_law_fit, plot_loss_vs_tokens, plot_residuals)
 from compactlm.ladder.verdict import verdict_section
@@ -64,7 +65,10 @@ def ablationmarkdown_table(rows: list[dict], labels: list[str], confidence: floa
 
 # ---- the report -----------------------------------------------------------------------------------
 def write_report(config: LadderConfig, points: list[Point], results: dict[str, dict], out: Path,
-                 config_path=None, console=print, lr_sweeps: dict | None = None) -> dict:
+                 config_path=None, console=print, lr_sweeps: dict | None = None,
+                 holdout: tuple[dict, dict] | None = None) -> dict:
+    """ladder.md, ladder.json and the plots. lr_sweeps: best_learning_rates' result; holdout: (the
+    recorded predictions, the held-out points' results)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [results[p.name] for p in points if p.name in results]
@@ -103,6 +107,8 @@ def write_report(config: LadderConfig, points: list[Point], results: dict[str, d
         md.append(f"\nToo few finished points to fit ({len(rows)}; 5 parameters need at least 5).\n")
         if rows:
             plot("loss_vs_tokens", plot_loss_vs_tokens, rows, None)
+    if holdout is not None:
+        md += holdout_section(*holdout, data)
     md += ["\n## Plots\n"] + [f"![{name}]({name})\n" for name in written]
     data.pop("law", None)
     report = out / "ladder.md"
