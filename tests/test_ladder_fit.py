@@ -40,14 +40,14 @@ def test_the_fit_recovers_a_known_law_within_five_percent():
 
 @pytest.mark.slow
 def test_bootstrap_intervals_cover_the_truth_at_about_their_nominal_rate():
-    """95% percentile intervals from 30 resamples each, over 20 independent studies: a covering rate
-    far below 95% (16 or fewer of 20 has probability < 2% if the rate were 95%) fails."""
+    """95% percentile intervals from 20 resamples each, over 12 independent studies: a covering rate
+    far below 95% (9 or fewer of 12 has probability about 2% if the rate were 95%) fails."""
     covered = {"alpha": 0, "beta": 0, "E": 0}
-    for seed in range(20):
+    for seed in range(12):
         N, D, L = draw(100 + seed)
         fit = F.fit_law(N, D, L, starts=16)
-        boots = F.bootstrap_law(N, D, L, 30, seed, around=fit)
+        boots = F.bootstrap_law(N, D, L, 20, seed, around=fit)
         for key in covered:
             low, high = F.interval([getattr(b, key) for b in boots], 0.95)
             covered[key] += low <= getattr(TRUTH, key) <= high
-    assert all(count >= 17 for count in covered.values()), covered
+    assert all(count >= 10 for count in covered.values()), covered

@@ -20,6 +20,7 @@ from compactlm.checkpoint.model import from_pretrained
 from compactlm.config.finetune import FinetuneConfig
 from compactlm.config.train import ResolvedRun, accumulation
 from compactlm.errors import ConfigError
+from compactlm.fileio import atomic_file
 from compactlm.finetune import lora
 from compactlm.finetune.data import Encoded, encode_pairs, encode_sft, pack
 from compactlm.finetune.objectives import DPO, SFT, reference_logps
@@ -118,7 +119,8 @@ class FinetuneTrainer(Trainer):
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             hash_bytes = torch.tensor(list(encoded.hash.encode()), dtype=torch.uint8)
-            save_file({"logps": logps, "hash": hash_bytes}, path)
+            with atomic_file(path) as tmp:
+                save_file({"logps": logps, "hash": hash_bytes}, tmp)
         return logps
 
     # ---- checkpoints ----------------------------------------------------------------------------
