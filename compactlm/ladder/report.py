@@ -45,7 +45,7 @@ def flops_curve(config: LadderConfig, rows: list[dict]) -> F.FlopsCurve:
     return F.FlopsCurve(anchors)
 
 
-def ablationmarkdown_table(rows: list[dict], labels: list[str], confidence: float = 0.95) -> tuple[list, list]:
+def ablation_table(rows: list[dict], labels: list[str], confidence: float = 0.95) -> tuple[list, list]:
     from scipy import stats
 
     groups = [(label, [r["val_loss"] for r in rows if r["size"] == label]) for label in labels]
@@ -103,7 +103,7 @@ def write_report(config: LadderConfig, points: list[Point], results: dict[str, d
         md += _scaling_sections(config, rows, plot, data, conf)
         law = data.get("law")
     else:
-        md.append(_pointsmarkdown_table(rows, None))
+        md.append(_points_table(rows, None))
         md.append(f"\nToo few finished points to fit ({len(rows)}; 5 parameters need at least 5).\n")
         if rows:
             plot("loss_vs_tokens", plot_loss_vs_tokens, rows, None)
@@ -158,7 +158,7 @@ def _json_default(x):
     return str(x)
 
 
-def _pointsmarkdown_table(rows: list[dict], law) -> str:
+def _points_table(rows: list[dict], law) -> str:
     header = ["point", "N", "params (all)", "D", "D/N", "steps", "C (FLOPs)", "val loss", "bits/byte"]
     if law is not None:
         header += ["law", "residual"]
@@ -182,7 +182,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
     left_out = [r["name"] for r in all_rows if r["steps"] < fit_cfg.min_steps]
     data["left_out_of_fits"] = left_out
     if len(rows) < 5:
-        return [_pointsmarkdown_table(all_rows, None),
+        return [_points_table(all_rows, None),
                 f"\nToo few points with at least fit.min_steps {fit_cfg.min_steps} steps to fit ({len(rows)}).\n"]
     N = np.array([r["n_params"] for r in rows], float)
     D = np.array([r["tokens"] for r in rows], float)
@@ -194,7 +194,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
     r2, r2_log = F.r_squared(L, predicted), F.r_squared(np.log(L), np.log(predicted))
     data.update(law=law, fit=law.as_dict(), r2=r2, r2_log=r2_log, rms_residual=float(np.sqrt(np.mean(rel ** 2))),
                 max_residual=float(np.abs(rel).max()), bootstrap=[b.as_dict() for b in boots])
-    md = [_pointsmarkdown_table(all_rows, law)]
+    md = [_points_table(all_rows, law)]
     if left_out:
         md.append(f"\nLeft out of the fits (fewer than fit.min_steps = {fit_cfg.min_steps} optimizer steps): "
                   f"{', '.join(left_out)}.\n")
@@ -206,8 +206,8 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
               ("a", "N*(C) ~ C^a, = beta/(alpha+beta)"), ("b", "D*(C) ~ C^b, = alpha/(alpha+beta)")]
     fitted = law.as_dict()
     md.append(markdown_table(["parameter", "fit", f"{conf:.0%} CI", "meaning"],
-                     [[k, num(fitted[k], 4), _ci([b.as_dict()[k] for b in boots], conf), meaning]
-                      for k, meaning in params]))
+                             [[k, num(fitted[k], 4), _ci([b.as_dict()[k] for b in boots], conf), meaning]
+                              for k, meaning in params]))
     md.append(f"\nQuality: R² {r2:.4f} on the losses ({r2_log:.4f} on log-losses); residuals (measured / predicted - 1): "
               f"RMS {100 * data['rms_residual']:.2f}%, largest {100 * data['max_residual']:.2f}% "
               f"({rows[int(np.abs(rel).argmax())]['name']}). {len(rows)} points for 5 parameters.\n")
@@ -241,7 +241,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
         md.append(f"\nApproach 2 (isoFLOP profiles): a parabola in log N through {through}; its vertex "
                   "is N*, and D* = C / FLOPs-per-token(N*). Approach 3's optimum at the same C beside it.\n\n")
         md.append(markdown_table(["C (FLOPs)", "N* (parabola)", "D*", "L*", "vertex inside the sizes tried",
-                          "N* (law)", "D* (law)", "L* (law)"], body))
+                                  "N* (law)", "D* (law)", "L* (law)"], body))
         if np.isfinite(approach2["a"]):
             md.append(f"\nApproach 2 fits: N*(C) ~ C^{approach2['a']:.3f} ({conf:.0%} CI "
                       f"{_ci([b['a'] for b in boots2], conf)}), D*(C) ~ C^{approach2['b']:.3f} "
@@ -321,7 +321,7 @@ def _ablation_section(config: LadderConfig, rows: list[dict], plot, data: dict) 
     labels = list(dict.fromkeys(r["size"] for r in sorted(rows, key=lambda r: _value_order(a, r))))
     if not rows:
         return ["No finished points.\n"]
-    table, groups = ablationmarkdown_table(rows, labels)
+    table, groups = ablation_table(rows, labels)
     data["ablation"] = table
     first = rows[0]
     md = [f"## Ablation of `{a.knob}`\n",
@@ -338,10 +338,11 @@ def _ablation_section(config: LadderConfig, rows: list[dict], plot, data: dict) 
             verdict = "one seed: cannot tell"
         body.append([row["value"], row["n"], f"{row['mean']:.4f} ± {row['std']:.4f}" if row["n"] > 1 else
                      f"{row['mean']:.4f}", f"{row['delta']:+.4f}", verdict])
-    md.append(markdown_table([a.knob, "seeds", "val loss mean ± std", "Δ vs first", "exceeds the seed spread?"], body))
+    md.append(markdown_table([a.knob, "seeds", "val loss mean ± std", "Δ vs first", "exceeds the seed spread?"],
+                             body))
     md.append("\nA difference counts as real when it exceeds twice its standard error from the seeds' spread "
               "(Welch); with three seeds that is a rough test — add seeds before trusting a small gap.\n")
-    md.append("\n" + _pointsmarkdown_table(rows, None))
+    md.append("\n" + _points_table(rows, None))
     plot("ablation", plot_ablation, groups, a.knob)
     return md
 

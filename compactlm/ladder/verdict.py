@@ -148,7 +148,8 @@ def verdict_section(config, law, flops, rows: list[dict], data: dict) -> list[st
     target = get_preset(fit_cfg.target, vocab_size=fit_cfg.target_vocab, max_seq_len=fit_cfg.target_seq_len)
     T = fit_cfg.inference_tokens
     laws = {"this ladder": (law, float(target.non_embedding_params), "non-embedding", flops)}
-    laws.update({name: (published, float(target.num_params), "total", None) for name, (published, _) in PUBLISHED.items()})
+    laws.update({name: (published, float(target.num_params), "total", None)
+                 for name, (published, _) in PUBLISHED.items()})
     data["verdicts"], verdict_rows = {}, []
     for name, (each, n, counted, curve) in laws.items():
         try:
@@ -156,7 +157,8 @@ def verdict_section(config, law, flops, rows: list[dict], data: dict) -> list[st
         except (ValueError, ZeroDivisionError, OverflowError, FloatingPointError) as exc:
             data["verdicts"][name] = {"error": str(exc)}
             continue
-        data["verdicts"][name] = {"N_counts": counted, "source": PUBLISHED.get(name, (None, "this ladder's fit"))[1], **v}
+        source = PUBLISHED.get(name, (None, "this ladder's fit"))[1]
+        data["verdicts"][name] = {"N_counts": counted, "source": source, **v}
         inf = v.get("inference", {})
         verdict_rows.append([name, f"{count(n)} ({counted})", num(v["loss"], 4), count(v["N_star"]),
                              f"{v['loss'] - v['loss_star']:+.4f}", f"{v['compute_ratio']:.2f}x",
