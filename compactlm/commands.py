@@ -48,7 +48,7 @@ def generate(args) -> None:
     from compactlm.checkpoint.model import from_pretrained
     from compactlm.model.generate import generate as run_generate
     from compactlm.model.speculative import speculative_generate
-    from compactlm.tokenizer.tokenizer import load_tokenizer, require_tokenizer
+    from compactlm.tokenizer.tokenizer import DecodeStream, load_tokenizer, require_tokenizer
 
     tokenizer = require_tokenizer(path)
     model = from_pretrained(path, device=args.device)
@@ -68,19 +68,10 @@ def generate(args) -> None:
     if args.system is not None:
         raise CompactlmError("--system needs --chat")
     prompt = tokenizer.encode(args.prompt, bos=True)
-    generated: list[int] = []
-    printed = ""
+    streamed = DecodeStream(tokenizer)
 
     def stream(token: torch.Tensor) -> None:
-        # Decode the whole continuation each time: SentencePiece spaces and multi-byte characters
-        # only come out right in context.
-        nonlocal printed
-        generated.append(int(token[0]))
-        text = tokenizer.decode(generated)
-        if not text.endswith("\ufffd"):  # wait for the rest of a split UTF-8 character
-            sys.stdout.write(text[len(printed):])
-            sys.stdout.flush()
-            printed = text
+        _write(streamed.push(int(token[0])))
 
     sys.stdout.write(args.prompt)
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=tokenizer.eos_id,
@@ -90,10 +81,10 @@ def generate(args) -> None:
     else:
         _, stats = speculative_generate(model, draft, torch.tensor([prompt]), args.max_new_tokens,
                                         draft_tokens=args.draft_tokens, **sampling)
-    sys.stdout.write(tokenizer.decode(generated)[len(printed):] + "\n")
+    sys.stdout.write(streamed.text[len(streamed.shown):] + "\n")
     if draft_path is not None:
         print(f"draft: {stats.accepted}/{stats.proposed} proposed tokens accepted ({stats.acceptance_rate:.0%}), "
-              f"{stats.target_calls} target passes for {len(generated)} tokens", file=sys.stderr)
+              f"{stats.target_calls} target passes for {len(streamed.ids)} tokens", file=sys.stderr)
 
 
 def _write(text: str) -> None:

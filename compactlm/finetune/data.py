@@ -99,10 +99,12 @@ def preference(row: dict) -> tuple[list[dict], str, str]:
     return messages, row["chosen"], row["rejected"]
 
 
-def encode_sft(path: str | Path, tokenizer, template: ChatTemplate, max_len: int) -> Encoded:
-    """Every conversation of an SFT file as (ids, assistant mask), cut to max_len tokens."""
+def encode_sft(path: str | Path, tokenizer, template: ChatTemplate, max_len: int,
+               rows: list[tuple[int, dict]] | None = None) -> Encoded:
+    """Every conversation of an SFT file as (ids, assistant mask), cut to max_len tokens. rows: the
+    file's `read_jsonl`, when the caller has read it already."""
     out = Encoded()
-    for number, row in read_jsonl(path):
+    for number, row in rows if rows is not None else read_jsonl(path):
         ids, mask = _at_line(path, number, lambda: encode_chat(tokenizer, template, conversation(row)))
         _add(out, ids, mask, max_len)
     return out
@@ -147,6 +149,11 @@ def _add(out: Encoded, ids: list[int], mask: list[bool], max_len: int) -> None:
         out.dropped += 1
         return
     out.examples.append((np.asarray(ids, np.int64), np.asarray(mask, bool)))
+
+
+def pad_id(tokenizer) -> int:
+    """The id padding is filled with (EOS, else 0): never a target, so any id would do."""
+    return tokenizer.eos_id if tokenizer.eos_id is not None else 0
 
 
 @dataclass

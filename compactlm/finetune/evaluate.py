@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from compactlm.checkpoint.model import from_pretrained
-from compactlm.finetune.data import conversation, encode_sft, pack, read_jsonl
+from compactlm.finetune.data import conversation, encode_sft, pack, pad_id, read_jsonl
 from compactlm.finetune.objectives import SFT
 from compactlm.model.generate import generate
 from compactlm.tokenizer.chat import chat_template, encode_chat, stop_ids
@@ -24,16 +24,15 @@ def evaluate_chat(checkpoint, path, template_name: str = "", max_new_tokens: int
     tokenizer = require_tokenizer(checkpoint)
     template = chat_template(tokenizer, template_name)
     row_len = model.config.max_seq_len + 1
-    encoded = encode_sft(path, tokenizer, template, row_len)
-    eos = tokenizer.eos_id if tokenizer.eos_id is not None else 0
+    rows = read_jsonl(path)
+    encoded = encode_sft(path, tokenizer, template, row_len, rows)
     device = model.embed.weight.device
-    packed = pack(encoded.examples, row_len, eos)
+    packed = pack(encoded.examples, row_len, pad_id(tokenizer))
     loss = SFT(packed, packed, 0, encoded.hash, fused=False).validator(0, batch_size, device, None)(model)["val_loss"]
 
     stop = stop_ids(tokenizer, template)
     ended, shown = 0, []
-    rows = [conversation(row) for _, row in read_jsonl(path)]
-    for messages in rows:
+    for messages in (conversation(row) for _, row in rows):
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
         prompt, _ = encode_chat(tokenizer, template, messages[:last_user + 1], add_generation_prompt=True)
         budget = min(max_new_tokens, model.config.max_seq_len - len(prompt))

@@ -20,6 +20,7 @@ from compactlm.finetune.data import Encoded, Packed
 from compactlm.finetune.dpo import dpo_loss, sequence_logps
 from compactlm.model.fused_loss import IGNORE_INDEX
 from compactlm.model.transformer import segment_layout
+from compactlm.train.objective import to_device
 from compactlm.train.runtime import autocast
 from compactlm.train.validate import Validator
 
@@ -59,7 +60,19 @@ class Examples:
         return int(state["next_index"])
 
 
-class SFT:
+class _FixedExamples:
+    """What SFT and DPO share: their data position is an index into `self.examples`."""
+
+    examples: Examples
+
+    def state(self, next_index: int) -> dict:
+        return self.examples.state(next_index)
+
+    def check_state(self, state: dict, where: str) -> int:
+        return self.examples.check_state(state, where)
+
+
+class SFT(_FixedExamples):
     def __init__(self, train: Packed, val: Packed | None, seed: int, data_hash: str, fused: bool):
         self.train, self.val, self.fused = train, val, fused
         self.examples = Examples(len(train.tokens), seed, data_hash)
@@ -88,16 +101,10 @@ class SFT:
                   for s in range(0, len(self.val.tokens), batch_size)]
 
         def score(model, chunk):
-            chunk = {k: v.to(device) for k, v in chunk.items()}
+            chunk = to_device(chunk, device)
             return self.loss(model, chunk)[0], float(chunk["mask"][:, 1:].sum()), {}
 
         return Validator(chunks, score, device, amp_dtype)
-
-    def state(self, next_index: int) -> dict:
-        return self.examples.state(next_index)
-
-    def check_state(self, state: dict, where: str) -> int:
-        return self.examples.check_state(state, where)
 
 
 def pad_examples(examples: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +117,7 @@ def pad_examples(examples: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> 
     return tokens, mask
 
 
-class DPO:
+class DPO(_FixedExamples):
     """Pairs are examples 2i (chosen) and 2i + 1 (rejected) of an Encoded; `reference` [pairs, 2]."""
 
     def __init__(self, train: Encoded, val: Encoded | None, reference: torch.Tensor,
@@ -144,17 +151,11 @@ class DPO:
                   for s in range(0, n, batch_size)]
 
         def score(model, chunk):
-            chunk = {k: v.to(device) for k, v in chunk.items()}
+            chunk = to_device(chunk, device)
             loss, extras = self.loss(model, chunk)
             return loss, float(len(chunk["reference"])), extras
 
         return Validator(chunks, score, device, amp_dtype)
-
-    def state(self, next_index: int) -> dict:
-        return self.examples.state(next_index)
-
-    def check_state(self, state: dict, where: str) -> int:
-        return self.examples.check_state(state, where)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from compactlm.config.train import ResolvedRun, accumulation
 from compactlm.errors import ConfigError
 from compactlm.fileio import atomic_file
 from compactlm.finetune import lora
-from compactlm.finetune.data import Encoded, encode_pairs, encode_sft, pack
+from compactlm.finetune.data import Encoded, encode_pairs, encode_sft, pack, pad_id
 from compactlm.finetune.objectives import DPO, SFT, reference_logps
 from compactlm.tokenizer.chat import chat_template
 from compactlm.tokenizer.tokenizer import require_tokenizer
@@ -77,18 +77,14 @@ class FinetuneTrainer(Trainer):
                              f"to {data.seq_len + 1} tokens, {encoded.dropped} dropped (nothing left to learn from)")
         scored = sum(int(mask[1:].sum()) for _, mask in train.examples)
         if method == "sft":
-            self.packed = pack(train.examples, data.seq_len + 1, self._pad_id(tokenizer))
-            self.val_packed = pack(val.examples, data.seq_len + 1, self._pad_id(tokenizer)) if val else None
+            self.packed = pack(train.examples, data.seq_len + 1, pad_id(tokenizer))
+            self.val_packed = pack(val.examples, data.seq_len + 1, pad_id(tokenizer)) if val else None
             self.console(f"data.train: {len(train.examples):,} conversations packed into {len(self.packed.tokens):,} "
                          f"rows of {data.seq_len + 1} tokens; {scored:,} assistant tokens "
                          f"({scored / self.packed.tokens.size:.0%} of the rows) carry the loss")
         else:
             self.console(f"data.train: {len(train.examples) // 2:,} preference pairs; {scored:,} response tokens")
         return train, val
-
-    @staticmethod
-    def _pad_id(tokenizer) -> int:
-        return tokenizer.eos_id if tokenizer.eos_id is not None else 0
 
     def _make_module(self) -> torch.nn.Module:
         module = self.base.to(self.device)
@@ -99,7 +95,7 @@ class FinetuneTrainer(Trainer):
         return module
 
     def _make_objective(self, fused: bool):
-        cfg, pad = self.config, self._pad_id(self.tokenizer)
+        cfg, pad = self.config, pad_id(self.tokenizer)
         if cfg.finetune.method == "sft":
             return SFT(self.packed, self.val_packed, cfg.data.seed, self.train_data.hash, fused)
         reference = self._reference(self.train_data, "train")
@@ -115,7 +111,7 @@ class FinetuneTrainer(Trainer):
             if state.get("hash") is not None and bytes(state["hash"].tolist()).decode() == encoded.hash:
                 return state["logps"]
         logps = reference_logps(self.module, encoded, self.config.train.micro_batch,
-                                self._pad_id(self.tokenizer), self.device, self.amp_dtype)
+                                pad_id(self.tokenizer), self.device, self.amp_dtype)
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             hash_bytes = torch.tensor(list(encoded.hash.encode()), dtype=torch.uint8)

@@ -84,7 +84,8 @@ def run_ladder(config: LadderConfig, config_path: str | Path | None = None, cons
     holdout = None
     if config.holdout and len(results) >= 5:  # predicted, and the prediction recorded, before they are trained
         held = plan_points(config, base, source, lrs, holdout=True)
-        predictions = predictions_file.record(out, predictions_file.predict(config, list(results.values()), held))
+        predictions = (predictions_file.recorded(out)  # never refitted: the first prediction stands
+                       or predictions_file.record(out, predictions_file.predict(config, list(results.values()), held)))
         failed += run_points(held, config, evaluation, console) if train_points else []
         holdout = (predictions, _finished(held))
     summary = {"points": len(points), "finished": len(results), "failed": failed,

@@ -129,9 +129,10 @@ def plan_points(config: LadderConfig, base, source: str = "ladder config", lr_by
 
     points: list[Point] = []
     if sweep:
+        # default: the study's smallest token budget (isoFLOP: the smallest budget's tokens at any size)
         tokens = config.lr_sweep_tokens or min(config.tokens or [
-            budget / make(f"{size.label()}-probe", size, 1e30, size.label(), {}).flops_per_token
-            for size in config.sizes for budget in config.budgets])
+            min(config.budgets) / make(f"{size.label()}-probe", size, 1e30, size.label(), {}).flops_per_token
+            for size in config.sizes])
         for size in config.sizes:
             for lr in config.lr_sweep:
                 min_lr = base.optim.min_lr * lr / base.optim.lr

@@ -41,12 +41,14 @@ def predict(config, rows: list[dict], holdouts: list) -> dict:
             "predictions": out}
 
 
-def record(out: Path, predictions: dict) -> dict:
-    """Write predictions.json unless it exists; return what the file holds (the first prediction stands)."""
+def recorded(out: Path) -> dict | None:
+    """The predictions written by an earlier run, if any: the first prediction stands."""
     path = Path(out) / PREDICTIONS_FILE
-    if path.is_file():
-        return json.loads(path.read_text())
-    atomic_write(path, [json.dumps(predictions, indent=2).encode() + b"\n"])
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def record(out: Path, predictions: dict) -> dict:
+    atomic_write(Path(out) / PREDICTIONS_FILE, [json.dumps(predictions, indent=2).encode() + b"\n"])
     return predictions
 
 

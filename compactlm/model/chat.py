@@ -14,6 +14,7 @@ import torch
 from compactlm.errors import CompactlmError
 from compactlm.model.generate import generate
 from compactlm.tokenizer.chat import ChatTemplate, encode_chat, stop_ids
+from compactlm.tokenizer.tokenizer import DecodeStream
 
 
 class ChatSession:
@@ -46,24 +47,19 @@ class ChatSession:
     def reply(self, user_text: str, on_text: Callable[[str], None] | None = None) -> str:
         """The assistant's answer to user_text (streamed to on_text piece by piece), kept in the history."""
         ids = self.prompt_ids(user_text)
-        generated: list[int] = []
-        shown = ""
+        streamed = DecodeStream(self.tokenizer)
 
         def stream(token: torch.Tensor) -> None:
-            nonlocal shown
-            if int(token[0]) in self.stop:
-                return
-            generated.append(int(token[0]))
-            text = self.tokenizer.decode(generated)
-            if on_text is not None and not text.endswith("\ufffd"):  # wait for the rest of a UTF-8 character
-                on_text(text[len(shown):])
-                shown = text
+            if int(token[0]) not in self.stop:
+                new = streamed.push(int(token[0]))
+                if on_text is not None and new:
+                    on_text(new)
 
         generate(self.model, torch.tensor([ids]), self.max_new_tokens, eos_id=self.stop, on_token=stream,
                  **self.sampling)
         # an end of turn that is not one token (ChatML's "<|im_end|>" in a vocabulary without it) is text
-        text = self.tokenizer.decode(generated).split(self.template.end_of_turn)[0]
-        if on_text is not None and text.startswith(shown) and text != shown:
-            on_text(text[len(shown):])
+        text = streamed.text.split(self.template.end_of_turn)[0]
+        if on_text is not None and text.startswith(streamed.shown) and text != streamed.shown:
+            on_text(text[len(streamed.shown):])
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         return text

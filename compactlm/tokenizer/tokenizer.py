@@ -181,6 +181,29 @@ class Tokenizer:
         return config
 
 
+class DecodeStream:
+    """Text of a growing list of generated ids, released piece by piece for streaming.
+
+    The whole continuation is decoded each time: SentencePiece spaces and multi-byte characters only
+    come out right in context, and a piece ending in half a UTF-8 character is held back."""
+
+    def __init__(self, tokenizer: "Tokenizer"):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+
+    def push(self, token_id: int) -> str:
+        """The new text that token_id completes ("" while a character is still split)."""
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.shown = text[len(self.shown):], text
+        return new
+
+    @property
+    def text(self) -> str:
+        return self.tokenizer.decode(self.ids)
+
+
 def _char_index_of_bytes(text: str) -> list[int]:
     """For each UTF-8 byte offset of text (and its end), the index of the character it falls in."""
     index = []
