@@ -111,6 +111,17 @@ def test_validation_blocks_are_held_out(two_datasets):
     assert {d for d, _ in block_ids(mix.val_samples(limit=10))} == {0, 1}
 
 
+def test_one_datasets_validation_blocks_do_not_depend_on_the_weights(two_datasets):
+    """What the ladder scores text and code on apart: the same blocks as that dataset's own mixture holds out."""
+    for d, path in enumerate(two_datasets):
+        alone = Mixture([MixtureSource(str(path), 1.0)], SEQ, seed=0, val_fraction=0.1).val_samples(limit=20)
+        for weights in ((0.7, 0.3), (1.0, 0.0)):
+            mix = Mixture([MixtureSource(str(p), w) for p, w in zip(two_datasets, weights)], SEQ, seed=0,
+                          val_fraction=0.1)
+            assert np.array_equal(mix.dataset_val_samples(d, 20), alone)
+    assert len(mix.dataset_val_samples(1)) == 30  # all of them, without a limit
+
+
 def test_state_of_another_mixture_is_refused(two_datasets, tmp_path):
     sources = [MixtureSource(str(p), w) for p, w in zip(two_datasets, (0.7, 0.3))]
     state = Mixture(sources, SEQ, seed=1).state(100)

@@ -2,7 +2,11 @@
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -15,8 +19,9 @@ from compactlm.ladder.config import LadderConfig, LadderError, load_ladder_confi
 from compactlm.ladder.command import load_base, run_ladder
 from compactlm.ladder.grid import RESULT_FILE, Point, plan_points
 from compactlm.ladder.report import write_report
+from compactlm.ladder.wsd import cosine_baselines
 from compactlm.checkpoint.layout import complete_checkpoints as checkpoint_dirs
-from tests.conftest import png_size, tiny_train_config
+from tests.conftest import png_size, run_cli, tiny_train_config
 
 CHINCHILLA = F.LawFit(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28)
 
@@ -135,6 +140,14 @@ def test_report_and_plots_are_written(tmp_path):
     assert data["fit"]["alpha"] == pytest.approx(law.alpha, rel=0.15)
     assert 0 < data["isoflop"]["a"] < 1 and len(data["isoflop"]["minima"]) == 3
     assert data["r2"] > 0.98 and len(data["bootstrap"]) == 10
+    # the fit's targets, judged from its own figures: 0.3% noise gives residuals well under 1%
+    targets = data["targets"]
+    assert targets["rms_residual"]["value"] == data["rms_residual"] < 0.01 and targets["rms_residual"]["met"]
+    for k in ("alpha", "beta"):
+        low, high = F.interval([b[k] for b in data["bootstrap"]], 0.95)
+        assert targets[f"{k}_half_width"]["interval"] == [low, high]
+        assert targets[f"{k}_half_width"]["met"] == ((high - low) / 2 < 0.1)
+    assert "Targets: residual RMS <= 1%: met" in text
     assert summary["law"]["beta"] == pytest.approx(law.beta, rel=0.15)
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporary files
     # the verdict: penalties at each budget, and the target under this law and the published ones
@@ -213,6 +226,29 @@ def test_grid_is_resumable_and_skips_finished_points(tiny_dataset, tmp_path, mon
     assert calls == []  # everything finished: nothing retrained
 
 
+def test_ctrl_c_stops_every_worker_of_a_parallel_ladder(tiny_dataset, tmp_path):
+    """Ctrl-C reaches the ladder and both workers: each checkpoints its point and stops, and a worker that
+    has already taken the next queued point is stopped too, not left to train it to the end."""
+    path = tiny_ladder(tiny_dataset, tmp_path, tokens=[2.0e+7], checkpoint_every=1000000,
+                       sizes=[{"name": f"s{i}", "n_layer": 1, "d_model": 32, "n_head": 1, "n_kv_head": 1,
+                               "ffn_dim": 96 + 8 * i} for i in range(3)])  # 3 points of 78,125 steps each
+    proc = run_cli(["ladder", str(path), "--jobs", "2", "threads=1"])
+    points = tmp_path / "ladder" / "points"
+    deadline = time.monotonic() + 120
+    while sum(1 for log in points.glob("*/train.log") if "step " in log.read_text()) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "the ladder did not start training"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole process group
+    try:
+        out, _ = proc.communicate(timeout=90)  # the third point alone would train for minutes
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"the ladder kept training after Ctrl-C:\n{proc.communicate()[0].decode()}")
+    assert proc.returncode == 130 and "re-run the same command to resume them" in out.decode(), out.decode()
+    assert not list(points.glob(f"*/{RESULT_FILE}"))  # nothing finished; the interrupted points checkpointed
+    assert len(list(points.glob("*/checkpoints/step-*"))) >= 2
+
+
 def test_ablation_plans_and_reports(tiny_dataset, tmp_path):
     path = tiny_ladder(tiny_dataset, tmp_path, sizes=[], tokens=[],
                        ablation={"knob": "optim.lr", "values": [1e-3, 1e-2], "seeds": [1, 2], "tokens": 1024,
@@ -232,8 +268,15 @@ def test_ablation_plans_and_reports(tiny_dataset, tmp_path):
     finished = [json.loads((tmp_path / "ladder" / "points" / p.name / RESULT_FILE).read_text()) for p in points]
     plotted = [y for label, _, ys in figure.lines if label.endswith(": seeds") for y in ys]
     assert sorted(plotted) == sorted(r["val_loss"] for r in finished)
-    table = json.loads((tmp_path / "ladder" / "ladder.json").read_text())["ablation"]
-    assert [row["n"] for row in table] == [2, 2] and "p" in table[1]
+    report = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
+    assert [row["n"] for row in report["ablation"]] == [2, 2] and "p" in report["ablation"][1]
+    # text and code scored apart as well, each on its own held-out blocks
+    by_dataset = report["ablation_by_dataset"]
+    assert sorted(by_dataset) == ["code", "nl"] and "On `code`'s held-out blocks alone" in text
+    for r in finished:
+        assert sorted(r["by_dataset"]) == ["code", "nl"] and r["by_dataset"]["nl"]["val_blocks"] == 8
+    means = [np.mean([r["by_dataset"]["code"]["val_loss"] for r in finished if r["value"] == v]) for v in (1e-3, 1e-2)]
+    assert [row["mean"] for row in by_dataset["code"]] == pytest.approx(means)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -276,9 +319,15 @@ def test_a_wsd_ladder_trains_one_run_per_size_and_branches_the_other_budgets(tin
     """schedule: wsd. Per size, the longest budget is one WSD run; the shorter ones branch from its stable
     phase at their own decay start and train only their decay: what they compute equals a separate WSD run
     of their length (tests/test_train_trainer.py checks that bit for bit)."""
-    path = tiny_ladder(tiny_dataset, tmp_path, schedule="wsd", tokens=[1536, 2560, 4096])
+    path = tiny_ladder(tiny_dataset, tmp_path, schedule="wsd", tokens=[1536, 2560, 4096], cosine_baseline=["small"])
     config = load_ladder_config(path, ["jobs=2", "threads=1"])
     points = {p.name: p for p in plan_points(config, load_base(config, path))}
+    # the cosine baseline: the trunk again, differing only in its schedule (and where it is written)
+    baseline, = cosine_baselines(list(points.values()), config.cosine_baseline, config.out_dir)
+    assert baseline.name == "cosine-small-4.1k" and baseline.steps == points["small-4.1k"].steps
+    differs = {k for k in baseline.train_config if baseline.train_config[k] != points["small-4.1k"].train_config[k]}
+    assert differs == {"optim", "run_dir", "checkpoint_steps"}
+    assert {**baseline.train_config["optim"], "schedule": "wsd"} == points["small-4.1k"].train_config["optim"]
     trunk, branch = points["small-4.1k"], points["small-1.54k"]
     assert trunk.depends_on is None and branch.depends_on == "small-4.1k"
     assert (branch.steps, branch.branch_step) == (6, 5)  # the last 20% (1 of 6 steps) decays
@@ -302,6 +351,13 @@ def test_a_wsd_ladder_trains_one_run_per_size_and_branches_the_other_budgets(tin
                      .read_text().splitlines() if "loss" in json.loads(l)}
     assert trunk_metrics[5]["lr"] == trunk_metrics[6]["lr"]  # still stable where the branch decays
     assert (ladder / "small-4.1k" / "checkpoints" / "step-00000005").is_dir()  # branch points are kept
+    cosine = [json.loads(l) for l in (ladder / "cosine-small-4.1k" / "metrics.jsonl").read_text().splitlines()]
+    assert cosine[-1]["step"] == 16 and [r["lr"] for r in cosine if r.get("step") == 5][0] < trunk_metrics[5]["lr"]
+    pair, = json.loads((tmp_path / "ladder" / "ladder.json").read_text())["wsd_vs_cosine"]
+    wsd, cos = (json.loads((ladder / n / RESULT_FILE).read_text())["val_loss"]
+                for n in ("small-4.1k", "cosine-small-4.1k"))
+    assert (pair["wsd"], pair["cosine"]) == (wsd, cos) and pair["gap"] == pytest.approx(wsd / cos - 1)
+    assert "## WSD vs cosine at equal budget" in (tmp_path / "ladder" / "ladder.md").read_text()
 
 
 def test_a_learning_rate_sweep_per_size_sets_each_sizes_rate(tiny_dataset, tmp_path):

@@ -210,6 +210,11 @@ class Mixture:
             pairs += [(d, first + j) for j in range(share)]
         return self._windows(pairs if limit is None else pairs[:limit])
 
+    def dataset_val_samples(self, dataset: int, limit: int | None = None) -> np.ndarray:
+        """One dataset's held-out blocks (the first `limit`), whatever the weights."""
+        first, count = int(self.n_train[dataset]), int(self.n_val[dataset])
+        return self._windows([(dataset, first + j) for j in range(count if limit is None else min(count, limit))])
+
     def train_token_counts(self, vocab_size: int) -> list[np.ndarray]:
         """How often each token id occurs in each dataset's training blocks (held-out blocks excluded)."""
         counts = []

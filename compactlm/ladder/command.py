@@ -8,7 +8,8 @@ from pathlib import Path
 from compactlm.ladder import holdout as predictions_file
 from compactlm.ladder.config import LadderConfig, LadderError, load_ladder_config, resolve_base
 from compactlm.ladder.grid import (LOG_FILE, best_learning_rates, eval_spec, plan_points, point_state, read_result,
-                                   run_points, trained_flops)
+                                   run_points)
+from compactlm.ladder.wsd import cosine_baselines, trained_flops, wsd_vs_cosine
 from compactlm.ladder.report import write_report
 
 
@@ -33,6 +34,7 @@ def dry_run(config: LadderConfig, config_path) -> None:
         print(f"learning-rate sweep first ({len(config.lr_sweep)} rates per size); the study's points below show "
               "the base config's rate until the sweep has chosen each size's")
         points = plan_points(config, base, config_path, sweep=True) + points
+    points += cosine_baselines(points, config.cosine_baseline, config.out_dir)
     evaluation = eval_spec(config, base)
     print(f"{config.mode} study, {len(points)} points -> {config.out_dir}/points "
           f"(N: non-embedding parameters; C: {'flops_per_token x D' if config.flops == 'model' else '6ND'})")
@@ -79,7 +81,8 @@ def run_ladder(config: LadderConfig, config_path: str | Path | None = None, cons
                               "finish it (or drop lr_sweep)")
     lrs = {k: v["chosen"] for k, v in (sweeps or {}).items()}
     points = plan_points(config, base, source, lrs)
-    failed += run_points(points, config, evaluation, console) if train_points else []
+    baselines = cosine_baselines(points, config.cosine_baseline, config.out_dir)  # trained beside, never fitted
+    failed += run_points(points + baselines, config, evaluation, console) if train_points else []
     results = _finished(points)
     holdout = None
     if config.holdout and len(results) >= 5:  # predicted, and the prediction recorded, before they are trained
@@ -92,7 +95,8 @@ def run_ladder(config: LadderConfig, config_path: str | Path | None = None, cons
                "seconds": time.perf_counter() - started}
     if report:
         summary.update(write_report(config, points, results, out, config_path=config_path, console=console,
-                                    lr_sweeps=sweeps, holdout=holdout))
+                                    lr_sweeps=sweeps, holdout=holdout,
+                                    wsd_vs_cosine=wsd_vs_cosine(baselines, {**results, **_finished(baselines)})))
     if failed:
         raise LadderError(f"{len(failed)} point(s) failed: {', '.join(failed)} (see their {LOG_FILE}); "
                           "re-run the same command to resume them")

@@ -104,6 +104,8 @@ class LadderConfig:
     # cosine: a run per point, each decaying over its own steps; wsd: per size one run to the largest
     # budget (optim.schedule wsd), the smaller budgets cooldown branches of its stable phase (train.init_from)
     schedule: str = "cosine"
+    # wsd: sizes whose WSD run is trained again with a cosine decay, same budget (reported, not fitted)
+    cosine_baseline: list[str] = field(default_factory=list)
     warmup_fraction: float = 0.05  # warm-up as a share of each run's steps (wsd: of each size's shortest run)
     # peak learning rates tried for every size in short runs first; each size's points then use its best
     # (optim.min_lr keeps its ratio to optim.lr). Empty: the base config's lr for every size
@@ -166,6 +168,10 @@ class LadderConfig:
             fail(f"schedule {self.schedule!r}: choose cosine (a run per point) or wsd (cooldown branches)")
         if self.schedule == "wsd" and self.ablation is not None:
             fail("schedule wsd branches the budgets of a size; an ablation has one budget: use cosine")
+        unknown = sorted(set(self.cosine_baseline) - {s.label() for s in self.sizes})
+        if self.cosine_baseline and (self.schedule != "wsd" or unknown):
+            fail("cosine_baseline needs schedule wsd and names from sizes"
+                 + (f" (not sizes: {', '.join(unknown)})" if unknown else ""))
         if self.tokens_per_param and (len(self.tokens_per_param) != 2
                                       or not 0 <= self.tokens_per_param[0] < self.tokens_per_param[1]):
             fail(f"tokens_per_param must be [low, high], got {self.tokens_per_param}")

@@ -27,6 +27,7 @@ from compactlm.errors import CompactlmError
 from compactlm.fileio import atomic_write
 from compactlm.ladder.config import LadderConfig, LadderError, SizeSpec
 from compactlm.ladder.plots import count
+from compactlm.ladder.wsd import branch_wsd
 
 RESULT_FILE = "ladder_result.json"
 LOG_FILE = "train.log"
@@ -177,40 +178,13 @@ def plan_points(config: LadderConfig, base, source: str = "ladder config", lr_by
         if not points:
             raise LadderError(f"{source}: no isoFLOP point left (all below min_steps or outside tokens_per_param)")
     if config.schedule == "wsd":
-        _branch_wsd(points)
+        branch_wsd(points)
     names = [p.name for p in points]
     if len(set(names)) != len(names):
         raise LadderError(f"{source}: points share names ({', '.join(sorted({n for n in names if names.count(n) > 1}))})"
                           "; give the sizes distinct names or use budgets further apart")
     # the longest first (parallel jobs finish together); branches after the runs they branch from
     return sorted(points, key=lambda p: (p.depends_on is not None, -p.flops()))
-
-
-def _branch_wsd(points: list[Point]) -> None:
-    """Per size, the longest point is one WSD run; every shorter one becomes a cooldown branch of it
-    (Hägele et al. 2024): it starts from that run's checkpoint at its own decay start and trains only its
-    decay, which is step for step what a WSD run of its length would train. All of a size's points share
-    the warm-up (of the shortest point's length) and, until they decay, the learning rate."""
-    from compactlm.config.train import OptimSection
-    from compactlm.train.optim import wsd_decay_start
-
-    by_size: dict[str, list[Point]] = {}
-    for p in points:
-        by_size.setdefault(p.size, []).append(p)
-    for group in by_size.values():
-        group.sort(key=lambda p: p.steps)
-        trunk = group[-1]
-        warmup = group[0].train_config["optim"]["warmup_steps"]
-        for p in group:
-            p.train_config["optim"].update(schedule="wsd", warmup_steps=warmup)
-        trunk_dir = Path(trunk.train_config["run_dir"])
-        for p in group[:-1]:
-            start = wsd_decay_start(OptimSection(**p.train_config["optim"]), p.steps)
-            if start >= p.steps or start < 1:
-                continue  # no stable phase to branch from: trained whole
-            p.depends_on, p.branch_step = trunk.name, start
-            p.train_config["train"]["init_from"] = str(layout.checkpoint_dir(trunk_dir, start))
-            trunk.train_config["checkpoint_steps"] = sorted({*trunk.train_config.get("checkpoint_steps", []), start})
 
 
 def best_learning_rates(config: LadderConfig, points: list[Point], results: dict[str, dict]) -> dict:
@@ -225,11 +199,6 @@ def best_learning_rates(config: LadderConfig, points: list[Point], results: dict
         entry["chosen"] = min(lrs, key=lambda lr: entry["losses"][lr])
         entry["at_edge"] = entry["chosen"] in (min(config.lr_sweep), max(config.lr_sweep))
     return sweeps
-
-
-def trained_flops(point: Point) -> float:
-    """What training the point costs: all its steps, or a branch's steps after its branch point."""
-    return point.flops("model") * (point.steps - (point.branch_step or 0)) / point.steps
 
 
 # ---- state of a point ------------------------------------------------------------------------------
@@ -287,11 +256,24 @@ def evaluate_checkpoint(checkpoint: Path, evaluation: dict, precision: str = "au
     tokenizer = load_tokenizer(checkpoint)
     mixture = Mixture([MixtureSource(**d) for d in evaluation["datasets"]], evaluation["seq_len"],
                       evaluation["seed"], evaluation["val_fraction"], tokenizer_hash=tokenizer.hash)
-    samples = torch.from_numpy(mixture.val_samples(evaluation["samples"]))
-    if not len(samples):
-        raise LadderError(f"{checkpoint}: the validation set is empty (raise data.val_fraction)")
-    result = Validator.for_blocks(samples, tokenizer, 16, dev, autocast_dtype(precision, dev))(model)
-    return {k: result[k] for k in ("val_loss", "val_bpb", "val_blocks", "val_tokens")}
+    amp = autocast_dtype(precision, dev)
+
+    def score(samples) -> dict:
+        if not len(samples):
+            raise LadderError(f"{checkpoint}: the validation set is empty (raise data.val_fraction)")
+        result = Validator.for_blocks(torch.from_numpy(samples), tokenizer, 16, dev, amp)(model)
+        return {k: result[k] for k in ("val_loss", "val_bpb", "val_blocks", "val_tokens")}
+
+    metrics = score(mixture.val_samples(evaluation["samples"]))
+    # each dataset's own held-out blocks as well (e.g. text and code apart): they do not move with the weights
+    if len(evaluation["datasets"]) > 1:
+        metrics["by_dataset"] = {dataset_name(d): score(mixture.dataset_val_samples(i, evaluation["samples"]))
+                                 for i, d in enumerate(evaluation["datasets"])}
+    return metrics
+
+
+def dataset_name(dataset: dict) -> str:
+    return Path(dataset["path"]).name
 
 
 def _last_train_loss(run_dir: Path, steps: int) -> float | None:
@@ -392,24 +374,42 @@ def _run_wave(todo: list[Point], offset: int, total: int, states: dict, evaluati
                 result = run_point(payload)
             except CompactlmError as exc:
                 if _interrupted(exc):  # Ctrl-C / SIGTERM: the trainer checkpointed; stop the ladder too
-                    raise LadderError(f"{point.name}: {exc}; re-run the ladder to resume") from None
+                    raise _stopped(exc, point.name) from None
                 report(i, point, None, exc)
                 continue
             report(i, point, result, None)
         return
     context = multiprocessing.get_context("spawn")
+    # Submitted one per free worker, never queued ahead: after Ctrl-C (which every worker receives, and each
+    # answers with a checkpoint) no worker finds another point waiting and starts it.
+    waiting, running, finished = list(zip(todo, payloads)), {}, offset
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        futures = {pool.submit(run_point, payload): point for point, payload in zip(todo, payloads)}
         try:
-            for i, future in enumerate(concurrent.futures.as_completed(futures), offset + 1):
-                error = future.exception()
-                if error is not None and (not isinstance(error, CompactlmError) or _interrupted(error)):
-                    raise error
-                report(i, futures[future], None if error else future.result(), error)
-        except BaseException:
+            while waiting or running:
+                while waiting and len(running) < jobs:
+                    point, payload = waiting.pop(0)
+                    running[pool.submit(run_point, payload)] = point
+                done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    point, finished = running.pop(future), finished + 1
+                    error = future.exception()
+                    if error is not None and (not isinstance(error, CompactlmError) or _interrupted(error)):
+                        raise error
+                    report(finished, point, None if error else future.result(), error)
+        except BaseException as exc:
             pool.shutdown(wait=True, cancel_futures=True)
+            if isinstance(exc, KeyboardInterrupt) or _interrupted(exc):
+                raise _stopped(exc) from None
             raise
 
 
 def _interrupted(exc: BaseException) -> bool:
     return "stopped by signal" in str(exc)
+
+
+def _stopped(exc: BaseException, point: str = "") -> LadderError:
+    """The ladder's error for Ctrl-C or SIGTERM: exit 128 + the signal, as `compactlm train` does."""
+    what = f"{point}: {exc}" if point and str(exc) else str(exc) or "interrupted"
+    error = LadderError(f"{what}; the running points checkpointed: re-run the same command to resume them")
+    error.exit_code = getattr(exc, "exit_code", 130)
+    return error

@@ -30,13 +30,17 @@ def predict(config, rows: list[dict], holdouts: list) -> dict:
     law = F.fit_law(N, D, L, fit_cfg.huber_delta, fit_cfg.starts)
     boots = F.bootstrap_law(N, D, L, fit_cfg.bootstrap, fit_cfg.seed, fit_cfg.huber_delta, around=law)
     c_max = max(r["flops_model"] for r in rows)
+    # the held-out shapes anchor F(N) too: the compute-optimal tokens of a size outside the study need its own cost
+    anchors = [(r["n_params"], r["flops_per_token"]) for r in rows] + [(p.n_params, p.flops_per_token) for p in holdouts]
+    flops = F.FlopsCurve(anchors if config.flops == "model" else None)
     out = {}
     for p in holdouts:
         samples = [float(b.predict(p.n_params, p.tokens)) for b in boots]
         low, high = F.interval(samples, fit_cfg.confidence) if samples else (math.nan, math.nan)
         out[p.name] = {"predicted": float(law.predict(p.n_params, p.tokens)), "low": low, "high": high,
                        "N": p.n_params, "D": p.tokens,
-                       "N_over_largest_fitted": p.n_params / N.max(), "C_over_largest_fitted": p.flops() / c_max}
+                       "N_over_largest_fitted": p.n_params / N.max(), "C_over_largest_fitted": p.flops() / c_max,
+                       "D_over_compute_optimal": p.tokens / F.optimal_tokens(law, p.n_params, flops)}
     return {"fitted_points": sorted(r["name"] for r in rows), "law": law.as_dict(), "confidence": fit_cfg.confidence,
             "predictions": out}
 
@@ -63,8 +67,9 @@ def section(predictions: dict, results: dict[str, dict], data: dict) -> list[str
             entry["inside_interval"] = bool(p["low"] <= measured <= p["high"])
             entry["meets_target"] = abs(entry["error"]) <= TARGET_ERROR and entry["inside_interval"]
         rows.append(entry)
-        body.append([name, count(p["N"]), count(p["D"]), f"{p['N_over_largest_fitted']:.1f}x",
-                     f"{p['C_over_largest_fitted']:.1f}x", f"{p['predicted']:.4f} [{p['low']:.4f}, {p['high']:.4f}]",
+        body.append([name, count(p["N"]), count(p["D"]), f"{p['N_over_largest_fitted']:.2g}x",
+                     f"{p['C_over_largest_fitted']:.2g}x", f"{p.get('D_over_compute_optimal', math.nan):.2g}x",
+                     f"{p['predicted']:.4f} [{p['low']:.4f}, {p['high']:.4f}]",
                      "-" if measured is None else f"{measured:.4f}",
                      "-" if measured is None else f"{100 * entry['error']:+.2f}%",
                      "-" if measured is None else ("yes" if entry["meets_target"] else "no")])
@@ -74,5 +79,6 @@ def section(predictions: dict, results: dict[str, dict], data: dict) -> list[str
             f"{PREDICTIONS_FILE} before these runs were trained ({predictions['confidence']:.0%} bootstrap intervals). "
             "Target: "
             f"within {100 * TARGET_ERROR:.1f}% of the measured loss and inside the interval.\n\n",
-            markdown_table(["point", "N", "D", "N / largest fitted", "C / largest fitted", "predicted [interval]",
-                            "measured", "error", "target met"], body)]
+            "D / D* is the point's tokens over the tokens at which its size is compute-optimal by the fitted law.\n\n",
+            markdown_table(["point", "N", "D", "N / largest fitted", "C / largest fitted", "D / D*",
+                            "predicted [interval]", "measured", "error", "target met"], body)]

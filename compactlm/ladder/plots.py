@@ -117,6 +117,7 @@ def plot_residuals(rows, law, out: Path) -> Figure:
     for ax, xlabel in zip(axes, ("non-embedding parameters N", "tokens trained D")):
         ax.axhline(0, color="black", lw=1)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter("")  # a span under a decade would label every minor tick, overlapping
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("residual: measured / predicted - 1 (%)")
@@ -173,3 +174,21 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def points_table(rows: list[dict], law) -> str:
+    header = ["point", "N", "params (all)", "D", "D/N", "steps", "C (FLOPs)", "val loss", "bits/byte"]
+    if law is not None:
+        header += ["law", "residual"]
+    header.append("train time")
+    body = []
+    for r in rows:
+        row = [r["name"], f"{r['n_params']:,}", f"{r['total_params']:,}", f"{r['tokens']:,}",
+               f"{r['tokens'] / r['n_params']:.1f}", str(r["steps"]), num(r["flops_model"]), f"{r['val_loss']:.4f}",
+               f"{r['val_bpb']:.3f}"]
+        if law is not None:
+            predicted = float(law.predict(r["n_params"], r["tokens"]))
+            row += [f"{predicted:.4f}", f"{100 * (r['val_loss'] / predicted - 1):+.2f}%"]
+        row.append(f"{r['seconds']:.0f} s")
+        body.append(row)
+    return markdown_table(header, body)

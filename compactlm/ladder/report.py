@@ -13,8 +13,9 @@ from compactlm.ladder import fit as F
 from compactlm.ladder.config import LadderConfig
 from compactlm.ladder.grid import Point
 from compactlm.ladder.holdout import section as holdout_section
-from compactlm.ladder.plots import (count, markdown_table, num, plot_ablation, plot_extrapolation, plot_isoflop,
-                                     plot_law_fit, plot_loss_vs_tokens, plot_residuals)
+from compactlm.ladder.ablation import ablation_section
+from compactlm.ladder.plots import (count, markdown_table, num, plot_extrapolation, plot_isoflop, plot_law_fit,
+                                    plot_loss_vs_tokens, plot_residuals, points_table)
 from compactlm.ladder.verdict import verdict_section
 
 PLOTS = {"loss_vs_tokens": "loss_vs_tokens.png", "isoflop": "isoflop.png", "law_fit": "law_fit.png",
@@ -45,30 +46,12 @@ def flops_curve(config: LadderConfig, rows: list[dict]) -> F.FlopsCurve:
     return F.FlopsCurve(anchors)
 
 
-def ablation_table(rows: list[dict], labels: list[str], confidence: float = 0.95) -> tuple[list, list]:
-    from scipy import stats
-
-    groups = [(label, [r["val_loss"] for r in rows if r["size"] == label]) for label in labels]
-    groups = [(label, losses) for label, losses in groups if losses]
-    table = []
-    ref_label, ref = groups[0]
-    for label, losses in groups:
-        mean, std = float(np.mean(losses)), float(np.std(losses, ddof=1)) if len(losses) > 1 else float("nan")
-        row = {"value": label, "n": len(losses), "mean": mean, "std": std, "delta": mean - float(np.mean(ref))}
-        if label != ref_label and len(losses) > 1 and len(ref) > 1:
-            se = math.sqrt(np.var(losses, ddof=1) / len(losses) + np.var(ref, ddof=1) / len(ref))
-            p = float(stats.ttest_ind(losses, ref, equal_var=False).pvalue) if se > 0 else float("nan")
-            row.update(se=se, p=p, significant=bool(abs(row["delta"]) > 2 * se))
-        table.append(row)
-    return table, groups
-
-
 # ---- the report -----------------------------------------------------------------------------------
 def write_report(config: LadderConfig, points: list[Point], results: dict[str, dict], out: Path,
                  config_path=None, console=print, lr_sweeps: dict | None = None,
-                 holdout: tuple[dict, dict] | None = None) -> dict:
+                 holdout: tuple[dict, dict] | None = None, wsd_vs_cosine: list[dict] | None = None) -> dict:
     """ladder.md, ladder.json and the plots. lr_sweeps: best_learning_rates' result; holdout: (the
-    recorded predictions, the held-out points' results)."""
+    recorded predictions, the held-out points' results); wsd_vs_cosine: ladder.wsd.wsd_vs_cosine's pairs."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [results[p.name] for p in points if p.name in results]
@@ -98,15 +81,17 @@ def write_report(config: LadderConfig, points: list[Point], results: dict[str, d
     if rows and config.mode != "ablation":
         md += ["## Points\n"]
     if config.mode == "ablation":
-        md += _ablation_section(config, rows, plot, data)
+        md += ablation_section(config, rows, plot, data)
     elif len(rows) >= 5:
         md += _scaling_sections(config, rows, plot, data, conf)
         law = data.get("law")
     else:
-        md.append(_points_table(rows, None))
+        md.append(points_table(rows, None))
         md.append(f"\nToo few finished points to fit ({len(rows)}; 5 parameters need at least 5).\n")
         if rows:
             plot("loss_vs_tokens", plot_loss_vs_tokens, rows, None)
+    if wsd_vs_cosine:
+        md += _wsd_vs_cosine_section(config, wsd_vs_cosine, data)
     if holdout is not None:
         md += holdout_section(*holdout, data)
     md += ["\n## Plots\n"] + [f"![{name}]({name})\n" for name in written]
@@ -117,6 +102,40 @@ def write_report(config: LadderConfig, points: list[Point], results: dict[str, d
     console(f"wrote {report}, {out / 'ladder.json'} and {len(written)} plot(s)")
     return {"report": str(report), "plots": written, "figures": figures,
             "law": law.as_dict() if law is not None else None}
+
+
+RMS_TARGET = 0.01  # residuals' RMS at most 1%
+HALF_WIDTH_TARGET = 0.1  # alpha's and beta's intervals narrower than +/- 0.1
+
+
+def _fit_targets(boots, conf: float, data: dict) -> str:
+    """Whether the fit is identified well enough to answer its question: the residuals' RMS and the half-widths
+    of alpha's and beta's intervals against fixed targets (stored in ladder.json's `targets`)."""
+    targets = {"rms_residual": {"value": data["rms_residual"], "target": RMS_TARGET,
+                                "met": data["rms_residual"] <= RMS_TARGET}}
+    for k in ("alpha", "beta"):
+        low, high = F.interval([b.as_dict()[k] for b in boots], conf) if boots else (math.nan, math.nan)
+        half = (high - low) / 2
+        targets[f"{k}_half_width"] = {"value": half, "interval": [low, high], "target": HALF_WIDTH_TARGET,
+                                      "met": bool(half < HALF_WIDTH_TARGET)}
+    data["targets"] = targets
+    def verdict(key: str) -> str:
+        return "met" if targets[key]["met"] else "missed"
+
+    return (f"\nTargets: residual RMS <= 1%: {verdict('rms_residual')}; alpha's and beta's intervals narrower than "
+            f"±0.1: alpha ±{targets['alpha_half_width']['value']:.3f} ({verdict('alpha_half_width')}), "
+            f"beta ±{targets['beta_half_width']['value']:.3f} ({verdict('beta_half_width')}).\n")
+
+
+def _wsd_vs_cosine_section(config: LadderConfig, pairs: list[dict], data: dict) -> list[str]:
+    data["wsd_vs_cosine"] = pairs
+    body = [[p["size"], count(p["N"]), count(p["D"]), p["steps"], f"{p['wsd']:.4f}", f"{p['cosine']:.4f}",
+             f"{100 * p['gap']:+.2f}%"] for p in pairs]
+    return ["\n## WSD vs cosine at equal budget\n",
+            "Each size's WSD run (the trunk its shorter budgets branch from) against the same run with a cosine "
+            "decay over all its steps: same warm-up, peak and final learning rate, data order and seed. "
+            "Hägele et al. 2024 found WSD with a 20% 1-sqrt cooldown within a fraction of a percent of cosine.\n\n",
+            markdown_table(["size", "N", "D", "steps", "WSD loss", "cosine loss", "WSD vs cosine"], body)]
 
 
 def _total_params_fit(rows: list[dict], D, L, fit_cfg, data: dict) -> str:
@@ -158,31 +177,13 @@ def _json_default(x):
     return str(x)
 
 
-def _points_table(rows: list[dict], law) -> str:
-    header = ["point", "N", "params (all)", "D", "D/N", "steps", "C (FLOPs)", "val loss", "bits/byte"]
-    if law is not None:
-        header += ["law", "residual"]
-    header.append("train time")
-    body = []
-    for r in rows:
-        row = [r["name"], f"{r['n_params']:,}", f"{r['total_params']:,}", f"{r['tokens']:,}",
-               f"{r['tokens'] / r['n_params']:.1f}", str(r["steps"]), num(r["flops_model"]), f"{r['val_loss']:.4f}",
-               f"{r['val_bpb']:.3f}"]
-        if law is not None:
-            predicted = float(law.predict(r["n_params"], r["tokens"]))
-            row += [f"{predicted:.4f}", f"{100 * (r['val_loss'] / predicted - 1):+.2f}%"]
-        row.append(f"{r['seconds']:.0f} s")
-        body.append(row)
-    return markdown_table(header, body)
-
-
 def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: dict, conf: float) -> list[str]:
     fit_cfg = config.fit
     rows = [r for r in all_rows if r["steps"] >= fit_cfg.min_steps]
     left_out = [r["name"] for r in all_rows if r["steps"] < fit_cfg.min_steps]
     data["left_out_of_fits"] = left_out
     if len(rows) < 5:
-        return [_points_table(all_rows, None),
+        return [points_table(all_rows, None),
                 f"\nToo few points with at least fit.min_steps {fit_cfg.min_steps} steps to fit ({len(rows)}).\n"]
     N = np.array([r["n_params"] for r in rows], float)
     D = np.array([r["tokens"] for r in rows], float)
@@ -194,7 +195,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
     r2, r2_log = F.r_squared(L, predicted), F.r_squared(np.log(L), np.log(predicted))
     data.update(law=law, fit=law.as_dict(), r2=r2, r2_log=r2_log, rms_residual=float(np.sqrt(np.mean(rel ** 2))),
                 max_residual=float(np.abs(rel).max()), bootstrap=[b.as_dict() for b in boots])
-    md = [_points_table(all_rows, law)]
+    md = [points_table(all_rows, law)]
     if left_out:
         md.append(f"\nLeft out of the fits (fewer than fit.min_steps = {fit_cfg.min_steps} optimizer steps): "
                   f"{', '.join(left_out)}.\n")
@@ -211,6 +212,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
     md.append(f"\nQuality: R² {r2:.4f} on the losses ({r2_log:.4f} on log-losses); residuals (measured / predicted - 1): "
               f"RMS {100 * data['rms_residual']:.2f}%, largest {100 * data['max_residual']:.2f}% "
               f"({rows[int(np.abs(rel).argmax())]['name']}). {len(rows)} points for 5 parameters.\n")
+    md.append(_fit_targets(boots, conf, data))
     md.append(_total_params_fit(rows, D, L, fit_cfg, data))
     plot("loss_vs_tokens", plot_loss_vs_tokens, rows, law)
     plot("law_fit", plot_law_fit, rows, law, r2)
@@ -314,41 +316,3 @@ def _target_section(config, law, boots, flops, rows, plot, data, conf) -> list[s
     else:  # a degenerate fit (too few or too noisy points) has no optimum to draw
         md.append("\nNo extrapolation plot: this fit's compute-optimal point is not finite.\n")
     return md
-
-
-def _ablation_section(config: LadderConfig, rows: list[dict], plot, data: dict) -> list[str]:
-    a = config.ablation
-    labels = list(dict.fromkeys(r["size"] for r in sorted(rows, key=lambda r: _value_order(a, r))))
-    if not rows:
-        return ["No finished points.\n"]
-    table, groups = ablation_table(rows, labels)
-    data["ablation"] = table
-    first = rows[0]
-    md = [f"## Ablation of `{a.knob}`\n",
-          f"Size: N {first['n_params']:,} (non-embedding); {first['tokens']:,} tokens ({first['steps']} steps) per "
-          f"run; seeds {a.seeds} set into {', '.join(f'`{k}`' for k in a.seed_keys)}.\n\n"]
-    body = []
-    for row in table:
-        verdict = "reference"
-        if "se" in row:
-            p = f"{row['p']:.3f}" if row["p"] >= 0.001 else "< 0.001"
-            verdict = (f"{'yes' if row['significant'] else 'no'} (size of Δ {abs(row['delta']):.4f} vs 2 SE "
-                       f"{2 * row['se']:.4f}; Welch p {p})")
-        elif row is not table[0]:
-            verdict = "one seed: cannot tell"
-        body.append([row["value"], row["n"], f"{row['mean']:.4f} ± {row['std']:.4f}" if row["n"] > 1 else
-                     f"{row['mean']:.4f}", f"{row['delta']:+.4f}", verdict])
-    md.append(markdown_table([a.knob, "seeds", "val loss mean ± std", "Δ vs first", "exceeds the seed spread?"],
-                             body))
-    md.append("\nA difference counts as real when it exceeds twice its standard error from the seeds' spread "
-              "(Welch); with three seeds that is a rough test — add seeds before trusting a small gap.\n")
-    md.append("\n" + _points_table(rows, None))
-    plot("ablation", plot_ablation, groups, a.knob)
-    return md
-
-
-def _value_order(ablation, row) -> int:
-    for i, value in enumerate(ablation.values):
-        if row.get("value") == value:
-            return i
-    return len(ablation.values)
