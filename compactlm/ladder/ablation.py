@@ -65,7 +65,7 @@ def _ablation_table_md(knob: str, table: list[dict], measure: str) -> list[str]:
     for row in table:
         verdict = "reference"
         if "se" in row:
-            p = f"{row['p']:.3f}" if row["p"] >= 0.001 else "< 0.001"
+            p = "n/a" if math.isnan(row["p"]) else f"{row['p']:.3f}" if row["p"] >= 0.001 else "< 0.001"
             verdict = (f"{'yes' if row['significant'] else 'no'} (size of Δ {abs(row['delta']):.4f} vs 2 SE "
                        f"{2 * row['se']:.4f}; Welch p {p})")
         elif row is not table[0]:

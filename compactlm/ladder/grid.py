@@ -11,54 +11,24 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import os
 import time
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from compactlm.checkpoint import layout
 from compactlm.config.loader import from_dict, to_dict
-from compactlm.config.train import TrainConfig, resolve_run, result_defining
+from compactlm.config.train import TrainConfig, resolve_run
 from compactlm.errors import CompactlmError
 from compactlm.fileio import atomic_write
 from compactlm.ladder.config import LadderConfig, LadderError, SizeSpec
 from compactlm.ladder.plots import count
+from compactlm.ladder.point import Point
 from compactlm.ladder.wsd import branch_wsd
 
 RESULT_FILE = "ladder_result.json"
 LOG_FILE = "train.log"
-
-
-@dataclass
-class Point:
-    name: str
-    size: str  # the size's label (ablations: the knob value's label)
-    n_params: int  # non-embedding parameters: the N of the fits
-    total_params: int
-    flops_per_token: float  # training FLOPs per token, model.flops_per_token(seq_len)
-    tokens: int  # D: tokens trained (steps x global batch x seq_len)
-    steps: int
-    seq_len: int
-    budget: float | None = None  # isoflop: the compute budget this point spends
-    depends_on: str | None = None  # wsd: the size's longest run, whose stable phase this point branches from
-    branch_step: int | None = None  # wsd: the step it branches at (trained: only the steps after it)
-    value: typing.Any = None  # ablation: the knob's value
-    seed: int | None = None
-    train_config: dict = field(default_factory=dict, repr=False)  # the resolved TrainConfig, as a dict
-
-    def flops(self, measure: str = "model") -> float:
-        """Training compute C: flops_per_token x D (model) or 6 N D (6nd)."""
-        return self.flops_per_token * self.tokens if measure == "model" else 6.0 * self.n_params * self.tokens
-
-    @property
-    def spec_hash(self) -> str:
-        """What the point trains (the config keys that can change its result): a finished point must match it."""
-        cfg = result_defining(from_dict(TrainConfig, self.train_config, self.name))
-        return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---- planning -------------------------------------------------------------------------------------
@@ -267,13 +237,16 @@ def evaluate_checkpoint(checkpoint: Path, evaluation: dict, precision: str = "au
     metrics = score(mixture.val_samples(evaluation["samples"]))
     # each dataset's own held-out blocks as well (e.g. text and code apart): they do not move with the weights
     if len(evaluation["datasets"]) > 1:
-        metrics["by_dataset"] = {dataset_name(d): score(mixture.dataset_val_samples(i, evaluation["samples"]))
-                                 for i, d in enumerate(evaluation["datasets"])}
+        names = dataset_names(evaluation["datasets"])
+        metrics["by_dataset"] = {name: score(mixture.dataset_val_samples(i, evaluation["samples"]))
+                                 for i, name in enumerate(names)}
     return metrics
 
 
-def dataset_name(dataset: dict) -> str:
-    return Path(dataset["path"]).name
+def dataset_names(datasets: list[dict]) -> list[str]:
+    """Each dataset's folder name, or its full path where two folders share a name."""
+    names = [Path(d["path"]).name for d in datasets]
+    return [n if names.count(n) == 1 else d["path"] for n, d in zip(names, datasets)]
 
 
 def _last_train_loss(run_dir: Path, steps: int) -> float | None:

@@ -31,7 +31,8 @@ def predict(config, rows: list[dict], holdouts: list) -> dict:
     boots = F.bootstrap_law(N, D, L, fit_cfg.bootstrap, fit_cfg.seed, fit_cfg.huber_delta, around=law)
     c_max = max(r["flops_model"] for r in rows)
     # the held-out shapes anchor F(N) too: the compute-optimal tokens of a size outside the study need its own cost
-    anchors = [(r["n_params"], r["flops_per_token"]) for r in rows] + [(p.n_params, p.flops_per_token) for p in holdouts]
+    anchors = [(r["n_params"], r["flops_per_token"]) for r in rows]
+    anchors += [(p.n_params, p.flops_per_token) for p in holdouts]
     flops = F.FlopsCurve(anchors if config.flops == "model" else None)
     out = {}
     for p in holdouts:

@@ -119,11 +119,13 @@ def _fit_targets(boots, conf: float, data: dict) -> str:
         targets[f"{k}_half_width"] = {"value": half, "interval": [low, high], "target": HALF_WIDTH_TARGET,
                                       "met": bool(half < HALF_WIDTH_TARGET)}
     data["targets"] = targets
+
     def verdict(key: str) -> str:
         return "met" if targets[key]["met"] else "missed"
 
-    return (f"\nTargets: residual RMS <= 1%: {verdict('rms_residual')}; alpha's and beta's intervals narrower than "
-            f"±0.1: alpha ±{targets['alpha_half_width']['value']:.3f} ({verdict('alpha_half_width')}), "
+    return (f"\nTargets: residual RMS <= {RMS_TARGET:.0%}: {verdict('rms_residual')}; alpha's and beta's intervals "
+            f"narrower than ±{HALF_WIDTH_TARGET:g}: alpha ±{targets['alpha_half_width']['value']:.3f} "
+            f"({verdict('alpha_half_width')}), "
             f"beta ±{targets['beta_half_width']['value']:.3f} ({verdict('beta_half_width')}).\n")
 
 

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import typing
 from pathlib import Path
 
 from compactlm.checkpoint import layout
 from compactlm.config.train import OptimSection
-from compactlm.train.optim import wsd_decay_start
-
-if typing.TYPE_CHECKING:
-    from compactlm.ladder.grid import Point
+from compactlm.ladder.point import Point
 
 COSINE_PREFIX = "cosine-"
 
@@ -24,6 +20,8 @@ def branch_wsd(points: list[Point]) -> None:
     (Hägele et al. 2024): it starts from that run's checkpoint at its own decay start and trains only its
     decay, which is step for step what a WSD run of its length would train. All of a size's points share
     the warm-up (of the shortest point's length) and, until they decay, the learning rate."""
+    from compactlm.train.optim import wsd_decay_start  # imports torch: not at the light CLI's start
+
     by_size: dict[str, list[Point]] = {}
     for p in points:
         by_size.setdefault(p.size, []).append(p)
