@@ -360,7 +360,7 @@ def test_a_wsd_ladder_trains_one_run_per_size_and_branches_the_other_budgets(tin
     assert "## WSD vs cosine at equal budget" in (tmp_path / "ladder" / "ladder.md").read_text()
 
 
-def test_a_learning_rate_sweep_per_size_sets_each_sizes_rate(tiny_dataset, tmp_path):
+def test_a_learning_rate_sweep_per_size_sets_each_sizes_rate(tiny_dataset, tmp_path, capsys):
     path = tiny_ladder(tiny_dataset, tmp_path, lr_sweep=[3e-4, 3e-3, 3e-2], lr_sweep_tokens=1024,
                        tokens=[1536, 2560, 3584])
     config = load_ladder_config(path, ["jobs=2", "threads=1"])
@@ -382,6 +382,10 @@ def test_a_learning_rate_sweep_per_size_sets_each_sizes_rate(tiny_dataset, tmp_p
                 config_used = yaml.safe_load((tmp_path / "ladder" / "points" / point["name"] / "config.yaml").read_text())
                 assert config_used["optim"]["lr"] == pytest.approx(entry["chosen"])
     assert "## Learning rate per size" in (tmp_path / "ladder" / "ladder.md").read_text()
+    # the dry run plans the study at the rates the sweep chose: every point shows as done
+    assert main(["ladder", str(path), "--dry-run"]) == 0
+    listed = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("tiny-", "small-"))]
+    assert len(listed) == 6 and {row[6] for row in listed} == {"done"}
 
 
 def test_held_out_points_are_predicted_before_they_are_trained(tiny_dataset, tmp_path, monkeypatch):

@@ -29,12 +29,15 @@ def run(args) -> None:
 
 def dry_run(config: LadderConfig, config_path) -> None:
     base = load_base(config, config_path)
-    points = plan_points(config, base, config_path)
-    points += cosine_baselines(points, config.cosine_baseline, config.out_dir)
-    if config.lr_sweep:
-        print(f"learning-rate sweep first ({len(config.lr_sweep)} rates per size); the study's points below show "
-              "the base config's rate until the sweep has chosen each size's")
-        points = plan_points(config, base, config_path, sweep=True) + points
+    sweep, lrs = [], {}
+    if config.lr_sweep:  # the study's points as they will be trained: at the rates the finished sweep chose
+        sweep = plan_points(config, base, config_path, sweep=True)
+        lrs = {size: entry["chosen"] for size, entry in best_learning_rates(config, sweep, _finished(sweep)).items()
+               if len(entry["losses"]) == len(config.lr_sweep)}
+        print(f"learning-rate sweep first ({len(config.lr_sweep)} rates per size); the study's points below use "
+              f"the rate it chose for {len(lrs)} of {len(config.sizes)} sizes, else the base config's")
+    points = plan_points(config, base, config_path, lrs)
+    points = sweep + points + cosine_baselines(points, config.cosine_baseline, config.out_dir)
     evaluation = eval_spec(config, base)
     print(f"{config.mode} study, {len(points)} points -> {config.out_dir}/points "
           f"(N: non-embedding parameters; C: {'flops_per_token x D' if config.flops == 'model' else '6ND'})")
