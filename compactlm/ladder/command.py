@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from compactlm.ladder import holdout as predictions_file
+from compactlm.ladder.fit import fitted_rows
 from compactlm.ladder.config import LadderConfig, LadderError, load_ladder_config, resolve_base
 from compactlm.ladder.grid import (LOG_FILE, best_learning_rates, eval_spec, plan_points, point_state, read_result,
                                    run_points)
@@ -87,11 +88,11 @@ def run_ladder(config: LadderConfig, config_path: str | Path | None = None, cons
     baselines = cosine_baselines(points, config.cosine_baseline, config.out_dir)  # trained beside, never fitted
     failed += run_points(points + baselines, config, evaluation, console) if train_points else []
     results = _finished(points)
-    holdout = None
-    if config.holdout and len(results) >= 5:  # predicted, and the prediction recorded, before they are trained
+    holdout, fittable = None, fitted_rows(list(results.values()), config.fit.min_steps)
+    if config.holdout and len(fittable) >= 5:  # predicted, and the prediction recorded, before they are trained
         held = plan_points(config, base, source, lrs, holdout=True)
         predictions = (predictions_file.recorded(out)  # never refitted: the first prediction stands
-                       or predictions_file.record(out, predictions_file.predict(config, list(results.values()), held)))
+                       or predictions_file.record(out, predictions_file.predict(config, fittable, held)))
         failed += run_points(held, config, evaluation, console) if train_points else []
         holdout = (predictions, _finished(held))
     summary = {"points": len(points), "finished": len(results), "failed": failed,

@@ -156,6 +156,19 @@ def bootstrap_law(N, D, L, n: int, seed: int = 0, delta: float = 1e-3, starts: i
     return fits
 
 
+def fitted_rows(rows: list[dict], min_steps: int) -> list[dict]:
+    """The finished points the law is fitted on: those trained for at least `min_steps` optimizer steps."""
+    return [r for r in rows if r["steps"] >= min_steps]
+
+
+def fit_with_intervals(rows: list[dict], fit_cfg) -> tuple[LawFit, list[LawFit]]:
+    """The study's law from its points (fitted_rows) and the bootstrap refits behind its intervals: what the
+    report shows and what the held-out predictions use."""
+    N, D, L = (np.array([r[k] for r in rows], float) for k in ("n_params", "tokens", "val_loss"))
+    law = fit_law(N, D, L, fit_cfg.huber_delta, fit_cfg.starts)
+    return law, bootstrap_law(N, D, L, fit_cfg.bootstrap, fit_cfg.seed, fit_cfg.huber_delta, around=law)
+
+
 def r_squared(measured, predicted) -> float:
     measured, predicted = np.asarray(measured, float), np.asarray(predicted, float)
     total = ((measured - measured.mean()) ** 2).sum()

@@ -66,11 +66,12 @@ def plan_points(config: LadderConfig, base, source: str = "ladder config", lr_by
     out = Path(config.out_dir)
 
     def make(name: str, size: SizeSpec | None, tokens: float, label: str, changes: dict, budget=None,
-             value=None, seed=None, strict: bool = True) -> Point | None:
+             value=None, seed=None, strict: bool = True, lr: float | None = None) -> Point | None:
+        """lr: the peak learning rate (default: the size's from lr_by_size); optim.min_lr keeps its ratio to it."""
         data = json.loads(json.dumps(base_dict))
         if size is not None:
             data["model"].update(size.shape())
-            lr = (lr_by_size or {}).get(label)
+            lr = lr if lr is not None else (lr_by_size or {}).get(label)
             if lr is not None:
                 changes = {"optim.lr": lr, "optim.min_lr": data["optim"]["min_lr"] * lr / data["optim"]["lr"],
                            **changes}
@@ -106,18 +107,13 @@ def plan_points(config: LadderConfig, base, source: str = "ladder config", lr_by
             for size in config.sizes])
         for size in config.sizes:
             for lr in config.lr_sweep:
-                min_lr = base.optim.min_lr * lr / base.optim.lr
-                points.append(make(f"sweep-{size.label()}-lr{lr:g}", size, tokens, size.label(),
-                                   {"optim.lr": lr, "optim.min_lr": min_lr}, value=lr))
+                points.append(make(f"sweep-{size.label()}-lr{lr:g}", size, tokens, size.label(), {}, value=lr, lr=lr))
         return sorted(points, key=lambda p: -p.flops())
     if holdout:
         largest = config.sizes[-1].label() if config.sizes else ""
         for h in config.holdout:
-            lr = (lr_by_size or {}).get(h.lr_from or largest)
-            changes = {"optim.schedule": config.schedule}
-            if lr is not None:
-                changes.update({"optim.lr": lr, "optim.min_lr": base.optim.min_lr * lr / base.optim.lr})
-            points.append(make(f"holdout-{h.name}", h.size, h.tokens, h.size.label(), changes))
+            points.append(make(f"holdout-{h.name}", h.size, h.tokens, h.size.label(),
+                               {"optim.schedule": config.schedule}, lr=(lr_by_size or {}).get(h.lr_from or largest)))
         return points
     if config.mode == "ablation":
         a = config.ablation

@@ -13,7 +13,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 
 from compactlm.fileio import atomic_write
 from compactlm.ladder import fit as F
@@ -24,11 +23,11 @@ TARGET_ERROR = 0.015  # the issue's target: within 1.5% of the measured loss, an
 
 
 def predict(config, rows: list[dict], holdouts: list) -> dict:
-    """{point name: {predicted, low, high, N, D, extrapolation in N and C}} from a fit of `rows`."""
+    """{point name: {predicted, low, high, N, D, extrapolation in N and C}} from the law fitted on `rows`
+    (the study's fitted_rows, as the report fits them)."""
     fit_cfg = config.fit
-    N, D, L = (np.array([r[k] for r in rows], float) for k in ("n_params", "tokens", "val_loss"))
-    law = F.fit_law(N, D, L, fit_cfg.huber_delta, fit_cfg.starts)
-    boots = F.bootstrap_law(N, D, L, fit_cfg.bootstrap, fit_cfg.seed, fit_cfg.huber_delta, around=law)
+    law, boots = F.fit_with_intervals(rows, fit_cfg)
+    n_max = max(r["n_params"] for r in rows)
     c_max = max(r["flops_model"] for r in rows)
     # the held-out shapes anchor F(N) too: the compute-optimal tokens of a size outside the study need its own cost
     anchors = [(r["n_params"], r["flops_per_token"]) for r in rows]
@@ -40,7 +39,7 @@ def predict(config, rows: list[dict], holdouts: list) -> dict:
         low, high = F.interval(samples, fit_cfg.confidence) if samples else (math.nan, math.nan)
         out[p.name] = {"predicted": float(law.predict(p.n_params, p.tokens)), "low": low, "high": high,
                        "N": p.n_params, "D": p.tokens,
-                       "N_over_largest_fitted": p.n_params / N.max(), "C_over_largest_fitted": p.flops() / c_max,
+                       "N_over_largest_fitted": p.n_params / n_max, "C_over_largest_fitted": p.flops() / c_max,
                        "D_over_compute_optimal": p.tokens / F.optimal_tokens(law, p.n_params, flops)}
     return {"fitted_points": sorted(r["name"] for r in rows), "law": law.as_dict(), "confidence": fit_cfg.confidence,
             "predictions": out}

@@ -181,7 +181,7 @@ def _json_default(x):
 
 def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: dict, conf: float) -> list[str]:
     fit_cfg = config.fit
-    rows = [r for r in all_rows if r["steps"] >= fit_cfg.min_steps]
+    rows = F.fitted_rows(all_rows, fit_cfg.min_steps)
     left_out = [r["name"] for r in all_rows if r["steps"] < fit_cfg.min_steps]
     data["left_out_of_fits"] = left_out
     if len(rows) < 5:
@@ -190,8 +190,7 @@ def _scaling_sections(config: LadderConfig, all_rows: list[dict], plot, data: di
     N = np.array([r["n_params"] for r in rows], float)
     D = np.array([r["tokens"] for r in rows], float)
     L = np.array([r["val_loss"] for r in rows], float)
-    law = F.fit_law(N, D, L, fit_cfg.huber_delta, fit_cfg.starts)
-    boots = F.bootstrap_law(N, D, L, fit_cfg.bootstrap, fit_cfg.seed, fit_cfg.huber_delta, around=law)
+    law, boots = F.fit_with_intervals(rows, fit_cfg)
     predicted = law.predict(N, D)
     rel = L / predicted - 1
     r2, r2_log = F.r_squared(L, predicted), F.r_squared(np.log(L), np.log(predicted))
