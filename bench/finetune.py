@@ -32,12 +32,13 @@ from machine import cpu_name  # bench/machine.py
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_base(preset: str, tokenizer_dir: str, out: Path) -> Path:
+def make_base(preset: str, tokenizer_dir: str, out: Path) -> tuple[Path, int]:
+    """A randomly initialised base checkpoint of the preset, and its parameter count."""
     tokenizer = load_tokenizer(tokenizer_dir)
     config = get_preset(preset, vocab_size=tokenizer.vocab_size, max_seq_len=256).with_special_ids(
         tokenizer.bos_id, tokenizer.eos_id)
     torch.manual_seed(0)
-    return save_checkpoint(build_model(config), out, tokenizer)
+    return save_checkpoint(build_model(config), out, tokenizer), config.num_params
 
 
 def run(base: Path, adapter: str, precision: str, steps: int, work: Path) -> dict:
@@ -70,9 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for preset in args.presets:
-            base = make_base(preset, args.tokenizer, work / preset)
-            params = sum(p.numel() for p in build_model(get_preset(preset, vocab_size=load_tokenizer(
-                args.tokenizer).vocab_size, max_seq_len=256)).parameters())
+            base, params = make_base(preset, args.tokenizer, work / preset)
             for precision in args.precisions:
                 full = run(base, "none", precision, args.steps, work)
                 lora = run(base, "lora", precision, args.steps, work)

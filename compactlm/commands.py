@@ -41,6 +41,10 @@ def generate(args) -> None:
     check_sampling(args)
     if args.draft is not None and args.draft_tokens < 1:
         raise CompactlmError(f"--draft-tokens {args.draft_tokens}: must be at least 1")
+    if args.chat and args.draft is not None:
+        raise CompactlmError("--chat and --draft: speculative decoding of chat replies is not supported yet")
+    if args.system is not None and not args.chat:
+        raise CompactlmError("--system needs --chat")
     path = require_checkpoint(args.checkpoint)
     draft_path = require_checkpoint(args.draft) if args.draft is not None else None
     import torch
@@ -59,14 +63,10 @@ def generate(args) -> None:
                                  "decoding needs both to use the same one")
         draft = from_pretrained(draft_path, device=args.device)
     if args.chat:
-        if draft_path is not None:
-            raise CompactlmError("--chat and --draft: speculative decoding of chat replies is not supported yet")
         session = _chat_session(model, tokenizer, "", args.system, args)
         session.reply(args.prompt, on_text=_write)
         sys.stdout.write("\n")
         return
-    if args.system is not None:
-        raise CompactlmError("--system needs --chat")
     prompt = tokenizer.encode(args.prompt, bos=True)
     streamed = DecodeStream(tokenizer)
 

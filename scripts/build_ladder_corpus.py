@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from compactlm.fileio import atomic_write
+from compactlm.fileio import atomic_file, atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_demo_corpus as demo  # noqa: E402  (text helpers, apt download, python-doc/man/fortune/play readers)
@@ -286,9 +286,9 @@ def write_files(out: Path, nl: list[dict], code: dict[str, list[dict]]) -> dict[
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             table = pa.table({col: [r[key] for r in part] for col, key in
                               (("max_stars_repo_path", "path"), ("id", "id"), ("content", "text"))})
-            pq.write_table(table, out / f"{rel}.tmp", compression="zstd", compression_level=ZSTD_LEVEL,
-                           row_group_size=max(1, len(part) // 4))
-            (out / f"{rel}.tmp").replace(out / rel)
+            with atomic_file(out / rel) as tmp:
+                pq.write_table(table, tmp, compression="zstd", compression_level=ZSTD_LEVEL,
+                               row_group_size=max(1, len(part) // 4))
             files[rel] = {"documents": len(part), "bytes": sum(demo.nbytes(r["text"]) for r in part)}
     return files
 

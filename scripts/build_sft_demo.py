@@ -15,13 +15,13 @@ import importlib
 import inspect
 import json
 import operator
-import os
 import random
 import re
 import sys
-import tempfile
 import types
 from pathlib import Path
+
+from compactlm.fileio import atomic_write
 
 # Side-effect-free imports.  Not ``posixpath``: it *is* ``os.path``, so its functions could straddle the split.
 MODULES = """
@@ -307,20 +307,6 @@ Modules of the list that gave no usable summary (so are in neither split): {empt
 """
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file, so that an interrupted build never leaves a truncated file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # left over only if something failed
-
-
 def build() -> tuple[dict[str, bytes], types.SimpleNamespace]:
     rng = random.Random(SEED)  # drawn in a fixed order below: reordering the draws changes the output
     found = dedupe(collect_items(rng))
@@ -338,10 +324,7 @@ def build() -> tuple[dict[str, bytes], types.SimpleNamespace]:
         n = round(DPO_SHARE * len(its))
         splits[f"dpo-{split}.jsonl"] = make_dpo_rows(
             its, questions, rng, n if split == "train" else min(len(its), max(n, DPO_MIN_VAL)))
-    for fname, rows in splits.items():  # a safety net: the items were already filtered
-        splits[fname] = [r for r in rows if not _has_special(dump(r))]
-        n_dropped += len(rows) - len(splits[fname])
-    validate(splits, module_of)
+    validate(splits, module_of)  # raises on a special token in any row: the items were filtered above
     files = {fname: "".join(dump(r) + "\n" for r in rows).encode("utf-8") for fname, rows in splits.items()}
     _require(sum(map(len, files.values())) <= MAX_TOTAL_BYTES, "the files are too large together")
     stats = types.SimpleNamespace(
@@ -367,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if bad else 0
     args.out.mkdir(parents=True, exist_ok=True)
     for fname, data in files.items():
-        atomic_write(args.out / fname, data)
+        atomic_write(args.out / fname, [data])
     print(f"{s.n_items} items from {s.n_modules} modules ({s.n_methods} methods); held out: {', '.join(s.val_modules)}")
     for fname, n in s.counts.items():
         print(f"  {fname}: {n} rows, {s.sizes[fname]:,} bytes")

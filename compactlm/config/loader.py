@@ -144,16 +144,12 @@ def _build(cls, data, where: str):
 
 
 def _section_default(field):
-    """The default a config gives one of its sections, when that differs from the section class's own
-    (FinetuneConfig's optimizer defaults, say); else None."""
+    """The default a config gives one of its sections (which may differ from the section class's own:
+    FinetuneConfig's optimizer, say), or None for a field that is not a section with a default."""
     if field.default_factory is dataclasses.MISSING:
         return None
     default = field.default_factory()
-    try:
-        plain_default = type(default)()
-    except TypeError:  # not a dataclass, or one with required fields
-        return None
-    return default if dataclasses.is_dataclass(default) and default != plain_default else None
+    return default if dataclasses.is_dataclass(default) else None
 
 
 UNKNOWN = "unknown key"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from compactlm.errors import CompactlmError
@@ -79,7 +78,7 @@ def _chat(args: argparse.Namespace, console) -> None:
     if not args.checkpoint or args.tasks or args.text:
         raise CompactlmError("--chat measures one --checkpoint, alone (not with --run, --tasks or --text)")
     from compactlm.checkpoint.layout import require_checkpoint
-    from compactlm.fileio import atomic_write
+    from compactlm.eval.results import write_json
     from compactlm.finetune.evaluate import evaluate_chat, format_chat_eval
 
     result = evaluate_chat(require_checkpoint(args.checkpoint), args.chat, args.template,
@@ -88,7 +87,7 @@ def _chat(args: argparse.Namespace, console) -> None:
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "chat_results.json", [json.dumps(result, indent=2).encode()])
+        write_json(out / "chat_results.json", result)
 
 
 def run(args: argparse.Namespace, console=print) -> None:

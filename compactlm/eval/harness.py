@@ -31,7 +31,7 @@ from lm_eval.api.registry import register_model
 from lm_eval import utils as lm_utils
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
-from compactlm.errors import CheckpointError, CompactlmError
+from compactlm.errors import CompactlmError
 
 eval_logger = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -71,7 +71,7 @@ class CompactLM(TemplateLM):
         super().__init__()
         from compactlm.checkpoint.layout import require_checkpoint
         from compactlm.checkpoint.model import from_pretrained
-        from compactlm.tokenizer.tokenizer import load_tokenizer
+        from compactlm.tokenizer.tokenizer import require_tokenizer
 
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
             eval_logger.warning("device %s requested but CUDA is not available: using the CPU", device)
@@ -88,9 +88,7 @@ class CompactLM(TemplateLM):
                 raise CompactlmError("the compactlm backend needs pretrained=PATH (or model= and tokenizer=)")
             path = require_checkpoint(pretrained)
             model = from_pretrained(path, device=device, dtype=dtype)
-            tokenizer = tokenizer or load_tokenizer(path)
-            if tokenizer is None:
-                raise CheckpointError(f"{path}: no tokenizer.model or tokenizer.json beside the weights")
+            tokenizer = tokenizer or require_tokenizer(path)
         else:
             if tokenizer is None:
                 raise CompactlmError("model= needs tokenizer= as well")

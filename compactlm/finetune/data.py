@@ -11,6 +11,7 @@ segment id so that attention stays inside it. Truncation is counted, never silen
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -34,8 +35,9 @@ class Encoded:
     truncated: int = 0  # examples cut to the row length
     dropped: int = 0  # examples left with no token to learn from after the cut
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
+        """Of the examples as encoded (read once they are complete: resume and the DPO cache check it)."""
         digest = hashlib.sha256()
         for ids, mask in self.examples:
             digest.update(ids.tobytes())

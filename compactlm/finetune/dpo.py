@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 
-def sequence_logps(model, tokens: torch.Tensor, loss_mask: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                   position_ids: torch.Tensor | None = None) -> torch.Tensor:
+def sequence_logps(model, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Summed log-probability [B] of the masked target tokens of each row of tokens [B, T + 1].
 
     The mask is over tokens, not predictions, so the collator can mark a completion where it lies in
@@ -27,12 +26,7 @@ def sequence_logps(model, tokens: torch.Tensor, loss_mask: torch.Tensor, attn_ma
     if tokens.shape[1] < 2:
         raise ValueError("tokens need at least two positions: one input and one target")
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    kwargs = {}
-    if attn_mask is not None:
-        kwargs["attn_mask"] = attn_mask
-    if position_ids is not None:
-        kwargs["position_ids"] = position_ids
-    logits = model(inputs, **kwargs)
+    logits = model(inputs)
     # float32 whatever the model's dtype: bf16 log-probs summed over a completion lose the small
     # policy/reference differences that DPO is made of.
     logps = logits.float().log_softmax(dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -12,9 +12,12 @@ permutation per epoch), so `--resume` continues them exactly.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
+from compactlm.data.mixture import rank_indices
 from compactlm.errors import CompactlmError
 from compactlm.finetune.data import Encoded, Packed
 from compactlm.finetune.dpo import dpo_loss, sequence_logps
@@ -39,14 +42,10 @@ class Examples:
         return int(self._order[index % self.n])
 
     def indices(self, micro_batch: int, start: int, rank: int, world_size: int):
-        """Rank `rank`'s micro-batches of example indices, from global sample `start` on, forever."""
-        index = start + rank
-        while True:
-            chunk = []
-            for _ in range(micro_batch):
-                chunk.append(self.example(index))
-                index += world_size
-            yield chunk
+        """Rank `rank`'s micro-batches of example indices, from global sample `start` on, forever: the global
+        samples are split over ranks as pretraining's mixture splits them (data.mixture.rank_indices)."""
+        for batch in itertools.count():
+            yield [self.example(int(i)) for i in rank_indices(start, batch, micro_batch, rank, world_size)]
 
     def state(self, next_index: int) -> dict:
         return {"next_index": next_index, "examples": self.n, "seed": self.seed, "hash": self.hash}

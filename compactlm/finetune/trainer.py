@@ -35,10 +35,6 @@ REFERENCE_FILE = "reference_logps.safetensors"
 class FinetuneTrainer(Trainer):
     config: FinetuneConfig
 
-    @property
-    def seq_len(self) -> int:
-        return self.config.data.seq_len
-
     # ---- what is trained ------------------------------------------------------------------------
     def _resolve(self) -> ResolvedRun:
         cfg, ft = self.config, self.config.finetune

@@ -118,10 +118,6 @@ class Trainer(Restoring):
         torch.manual_seed(self.config.seed)  # the same initial weights on every rank
         return build_model(self.model_config, device=self.device)
 
-    @property
-    def seq_len(self) -> int:
-        return self.config.data.seq_len
-
     def _setup_model(self) -> None:
         module = self._make_module()
         module.checkpoint_every = self.config.train.activation_checkpointing
@@ -133,7 +129,7 @@ class Trainer(Restoring):
             self.kernels.append(f"{self.parallelism} over {self.world_size} ranks")
         self.optimizer = make_optimizer(module, self.config.optim)  # after sharding: it holds the shards
         self.peak_flops = device_peak_flops(self.device, self.config.peak_flops)
-        self.flops_per_token = self.model_config.flops_per_token(self.seq_len)
+        self.flops_per_token = self.model_config.flops_per_token(self.config.data.seq_len)
 
     def _write_resolved_config(self) -> None:
         if not self.world.is_main:
@@ -322,7 +318,7 @@ class Trainer(Restoring):
         return (f"model {self.model_config.name}: {self.module.num_params():,} parameters "
                 f"({self.model_config.non_embedding_params:,} non-embedding), vocab {self.tokenizer.vocab_size}; "
                 f"{self.device}, {precision}, kernels: {', '.join(self.kernels)}; batch {cfg.train.global_batch} x "
-                f"{self.seq_len} tokens ({cfg.train.micro_batch} x {self.accumulation} accumulation); "
+                f"{cfg.data.seq_len} tokens ({cfg.train.micro_batch} x {self.accumulation} accumulation); "
                 f"steps {self.step} -> {self.max_steps}")
 
     def _step_record(self, loss, lr, grad_norm, tokens_per_s) -> dict:
